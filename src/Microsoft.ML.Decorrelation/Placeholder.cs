@@ -1,0 +1,1 @@
+namespace Microsoft.ML.Decorrelation.Torch; internal static class Placeholder { }
