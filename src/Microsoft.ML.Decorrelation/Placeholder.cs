@@ -1,1 +1,0 @@
-namespace Microsoft.ML.Decorrelation.Torch; internal static class Placeholder { }

@@ -1,0 +1,99 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Torch;
+
+/// <summary>
+/// A 2-D convolution with a decorrelation matrix in front of every patch: each output is
+/// <c>W·(R·p) + b</c>, where p is the unfolded patch in PyTorch's (channel, row, column) order and
+/// D = C_in·kh·kw. Computed as one <c>conv2d</c> call with the effective filters <c>W·R</c>.
+/// </summary>
+/// <remarks>Grouped convolutions are not supported: R mixes every channel of a patch.</remarks>
+public sealed class DecorrelatedConv2d : DecorrelatedLayer
+{
+    private readonly Parameter weight;
+    private readonly Parameter? bias;
+
+    /// <summary>Creates the layer with weights initialised as <c>torch.nn.Conv2d</c> does and R = I.</summary>
+    /// <param name="inputChannels">C_in.</param>
+    /// <param name="outputChannels">C_out.</param>
+    /// <param name="kernelSize">(kh, kw).</param>
+    /// <param name="stride">Stride (rows, columns); default 1.</param>
+    /// <param name="padding">Zero padding (rows, columns); default 0.</param>
+    /// <param name="dilation">Dilation (rows, columns); default 1.</param>
+    /// <param name="hasBias">Whether the layer adds a learned bias.</param>
+    /// <param name="options">Decorrelation hyper-parameters; null for the defaults.</param>
+    /// <param name="device">Where the layer's tensors live.</param>
+    public DecorrelatedConv2d(long inputChannels, long outputChannels, (long Height, long Width) kernelSize,
+        (long, long)? stride = null, (long, long)? padding = null, (long, long)? dilation = null,
+        bool hasBias = true, DecorrelationOptions? options = null, Device? device = null)
+        : base(nameof(DecorrelatedConv2d), inputChannels * kernelSize.Height * kernelSize.Width, options,
+               (options ?? new DecorrelationOptions()).ConvolutionSampleFraction, device)
+    {
+        InputChannels = inputChannels;
+        OutputChannels = outputChannels;
+        KernelSize = kernelSize;
+        Stride = AsArray(stride ?? (1, 1), nameof(stride), minimum: 1);
+        Padding = AsArray(padding ?? (0, 0), nameof(padding), minimum: 0);
+        Dilation = AsArray(dilation ?? (1, 1), nameof(dilation), minimum: 1);
+        using var template = nn.Conv2d(inputChannels, outputChannels, kernelSize, bias: hasBias, device: device);
+        using var noGrad = no_grad();
+        weight = new Parameter(template.weight!.detach().clone());
+        register_parameter(nameof(weight), weight);
+        if (hasBias)
+        {
+            bias = new Parameter(template.bias!.detach().clone());
+            register_parameter(nameof(bias), bias);
+        }
+    }
+
+    /// <summary>C_in, the number of input channels.</summary>
+    public long InputChannels { get; }
+
+    /// <summary>C_out, the number of filters.</summary>
+    public long OutputChannels { get; }
+
+    /// <summary>(kh, kw).</summary>
+    public (long Height, long Width) KernelSize { get; }
+
+    /// <summary>Stride (rows, columns).</summary>
+    public long[] Stride { get; }
+
+    /// <summary>Zero padding (rows, columns).</summary>
+    public long[] Padding { get; }
+
+    /// <summary>Dilation (rows, columns).</summary>
+    public long[] Dilation { get; }
+
+    /// <inheritdoc />
+    public override Parameter Weight => weight;
+
+    /// <inheritdoc />
+    public override Parameter? Bias => bias;
+
+    /// <inheritdoc />
+    public override Tensor EffectiveWeight()
+        => weight.view(OutputChannels, InputSize).mm(DecorrelationMatrix).view(weight.shape);
+
+    private protected override Tensor ApplyEffectiveWeight(Tensor input, Tensor effectiveWeight)
+        => nn.functional.conv2d(input, effectiveWeight, bias, Stride, Padding, Dilation);
+
+    /// <remarks>
+    /// R·p for every patch is a convolution whose D filters are the rows of R, so the patches are never
+    /// unfolded into memory.
+    /// </remarks>
+    private protected override Tensor Decorrelate(Tensor samples)
+    {
+        var filters = DecorrelationMatrix.view(InputSize, InputChannels, KernelSize.Height, KernelSize.Width);
+        var decorrelated = nn.functional.conv2d(samples, filters, null, Stride, Padding, Dilation);
+        return decorrelated.permute(0, 2, 3, 1).reshape(-1, InputSize);
+    }
+
+    private static long[] AsArray((long Rows, long Columns) pair, string name, long minimum)
+    {
+        if (pair.Rows < minimum || pair.Columns < minimum)
+            throw new ArgumentOutOfRangeException(name, pair, $"Convolution {name} must be at least {minimum}.");
+        return [pair.Rows, pair.Columns];
+    }
+}

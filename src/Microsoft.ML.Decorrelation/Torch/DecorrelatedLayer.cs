@@ -1,0 +1,155 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Torch;
+
+/// <summary>
+/// A layer that computes <c>y = W·(R·x) + b</c>, where R is a learned decorrelation matrix in front of an
+/// ordinary linear map. Base of <see cref="DecorrelatedLinear"/> and <see cref="DecorrelatedConv2d"/>.
+/// </summary>
+/// <remarks>
+/// <para>R (D×D, D = the length of one input vector or unfolded patch) starts as the identity and is a
+/// persistent buffer named <c>decorrelation_matrix</c>: it is saved with the weights but never seen by the
+/// optimizer or autograd.</para>
+/// <para>The forward pass builds the effective weight <c>M = W·R</c> once and runs one ordinary
+/// linear or convolution call, so autograd gives <c>∂L/∂W = (∂L/∂M)·Rᵀ</c>, the gradient with respect to
+/// the decorrelated input. In training mode, when <see cref="CollectStatistics"/> is set, the forward
+/// pass also keeps the decorrelated inputs of a random fraction of the batch; <see cref="UpdateDecorrelation"/>
+/// then moves R by the rule of <see cref="DecorrelationRule"/>.</para>
+/// </remarks>
+public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
+{
+    private readonly Tensor decorrelation_matrix;
+    private Tensor? _pendingSamples;
+
+    /// <summary>Creates the layer with R = I of size <paramref name="inputSize"/>.</summary>
+    /// <param name="name">The module's name.</param>
+    /// <param name="inputSize">D, the length of one (unfolded) input vector.</param>
+    /// <param name="options">Decorrelation hyper-parameters; null for the defaults.</param>
+    /// <param name="sampleFraction">The fraction of each batch that feeds the statistics.</param>
+    /// <param name="device">Where the layer's tensors live.</param>
+    private protected DecorrelatedLayer(string name, long inputSize, DecorrelationOptions? options, double sampleFraction, Device? device)
+        : base(name)
+    {
+        options ??= new DecorrelationOptions();
+        options.Validate();
+        InputSize = inputSize;
+        LearningRate = options.LearningRate;
+        Kappa = options.Kappa;
+        SampleFraction = sampleFraction;
+        decorrelation_matrix = eye(inputSize, dtype: ScalarType.Float32, device: device);
+        register_buffer(nameof(decorrelation_matrix), decorrelation_matrix, persistent: true);
+    }
+
+    /// <summary>D, the length of one input vector (linear) or unfolded patch C·kh·kw (convolution).</summary>
+    public long InputSize { get; }
+
+    /// <summary>The decorrelation matrix R (D×D). Modify only under <c>torch.no_grad()</c>.</summary>
+    public Tensor DecorrelationMatrix => decorrelation_matrix;
+
+    /// <summary>Learning rate η of R.</summary>
+    public double LearningRate { get; set; }
+
+    /// <summary>κ ∈ [0, 1], the weight of variance normalisation against decorrelation.</summary>
+    public double Kappa { get; set; }
+
+    /// <summary>Fraction of each batch's samples, in (0, 1], whose inputs feed the statistics.</summary>
+    public double SampleFraction { get; set; }
+
+    /// <summary>
+    /// Whether the next training-mode forward pass keeps decorrelated samples for
+    /// <see cref="UpdateDecorrelation"/>. Default true; <see cref="DecorrelationController"/> clears it
+    /// on steps that skip the update.
+    /// </summary>
+    public bool CollectStatistics { get; set; } = true;
+
+    /// <summary>
+    /// Where the layer sits in its network (e.g. <c>features.3</c>); used in messages. Set by
+    /// <see cref="DecorrelationController"/>, otherwise the module's name.
+    /// </summary>
+    public string LayerName { get; set; } = "";
+
+    /// <summary>The decorrelation loss measured by the last <see cref="UpdateDecorrelation"/>, or NaN.</summary>
+    public double LastDecorrelationLoss { get; private set; } = double.NaN;
+
+    /// <summary>Whether a forward pass has kept samples that <see cref="UpdateDecorrelation"/> has not used yet.</summary>
+    public bool HasPendingStatistics => _pendingSamples is not null;
+
+    /// <summary>Builds the effective weight <c>M = W·R</c>, shaped like the wrapped layer's weight.</summary>
+    public abstract Tensor EffectiveWeight();
+
+    /// <summary>The bias b, or null.</summary>
+    public abstract Parameter? Bias { get; }
+
+    /// <summary>The weight W, shaped as in the plain layer.</summary>
+    public abstract Parameter Weight { get; }
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor input)
+    {
+        if (training && CollectStatistics)
+            KeepSamples(input);
+        return ApplyEffectiveWeight(input, EffectiveWeight());
+    }
+
+    /// <summary>Runs the plain linear map with weight <paramref name="effectiveWeight"/> and the bias.</summary>
+    private protected abstract Tensor ApplyEffectiveWeight(Tensor input, Tensor effectiveWeight);
+
+    /// <summary>The decorrelated inputs Z = (R·x)ᵀ, one row per vector or patch, of the given samples.</summary>
+    private protected abstract Tensor Decorrelate(Tensor samples);
+
+    /// <summary>How many samples of a batch of <paramref name="batchSize"/> feed the statistics.</summary>
+    public long SampleCount(long batchSize) => Math.Max(1, Math.Min(batchSize, (long)Math.Round(SampleFraction * batchSize)));
+
+    private void KeepSamples(Tensor input)
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        long batch = input.shape[0];
+        long count = SampleCount(batch);
+        var samples = count == batch ? input.detach() : input.detach().index_select(0, randperm(batch, device: input.device).narrow(0, 0, count));
+        _pendingSamples?.Dispose();
+        _pendingSamples = Decorrelate(samples).DetachFromDisposeScope();
+    }
+
+    /// <summary>
+    /// Applies one step of the update rule with the samples kept by the last training forward pass, then
+    /// forgets them. Does nothing when there are none.
+    /// </summary>
+    /// <returns>The decorrelation loss before the step, or NaN when nothing was updated.</returns>
+    /// <exception cref="TrainingDivergedException">The loss or the new R is not finite; R keeps its last value.</exception>
+    public double UpdateDecorrelation()
+    {
+        if (_pendingSamples is null)
+            return double.NaN;
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        using var samples = _pendingSamples;
+        _pendingSamples = null;
+        var (update, loss) = DecorrelationRule.Compute(samples, decorrelation_matrix, Kappa);
+        double lossValue = loss.item<float>();
+        var next = decorrelation_matrix - update.mul_(LearningRate);
+        if (!double.IsFinite(lossValue) || !double.IsFinite(next.sum().item<float>()))
+            throw new TrainingDivergedException(
+                $"The decorrelation matrix of layer '{DisplayName}' diverged (decorrelation loss {lossValue}); it keeps its last finite value. " +
+                "Lower the decorrelation learning rate or the learning rate.", DisplayName);
+        decorrelation_matrix.copy_(next);
+        LastDecorrelationLoss = lossValue;
+        return lossValue;
+    }
+
+    /// <summary>The name used in messages: <see cref="LayerName"/> when set, else the module's name.</summary>
+    public string DisplayName => string.IsNullOrEmpty(LayerName) ? GetName() : LayerName;
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _pendingSamples?.Dispose();
+            _pendingSamples = null;
+        }
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,100 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Torch;
+
+/// <summary>
+/// Drives the decorrelated layers of one network through training: decides on which steps they collect
+/// statistics and applies their updates after the optimizer step.
+/// </summary>
+/// <example>
+/// <code>
+/// var controller = new DecorrelationController(network, updateInterval: 1);
+/// foreach (var (x, y) in batches)
+/// {
+///     controller.BeginStep();
+///     var loss = cross_entropy(network.forward(x), y);
+///     optimizer.zero_grad(); loss.backward(); optimizer.step();
+///     controller.Update();
+/// }
+/// </code>
+/// </example>
+public sealed class DecorrelationController
+{
+    private readonly double[] _lossSums;
+    private readonly int[] _lossCounts;
+
+    /// <summary>Finds every <see cref="DecorrelatedLayer"/> of <paramref name="network"/> and names it by its path.</summary>
+    /// <param name="network">The network; may contain no decorrelated layer (plain backprop).</param>
+    /// <param name="updateInterval">Collect statistics and update R on every this many steps.</param>
+    public DecorrelationController(nn.Module network, int updateInterval = 1)
+    {
+        ArgumentNullException.ThrowIfNull(network);
+        ArgumentOutOfRangeException.ThrowIfLessThan(updateInterval, 1);
+        UpdateInterval = updateInterval;
+        var layers = new List<DecorrelatedLayer>();
+        foreach (var (name, module) in network.named_modules())
+        {
+            if (module is DecorrelatedLayer layer)
+            {
+                layer.LayerName = name;
+                layers.Add(layer);
+            }
+        }
+        Layers = layers;
+        _lossSums = new double[layers.Count];
+        _lossCounts = new int[layers.Count];
+    }
+
+    /// <summary>The decorrelated layers, in module order.</summary>
+    public IReadOnlyList<DecorrelatedLayer> Layers { get; }
+
+    /// <summary>Steps between two updates of R.</summary>
+    public int UpdateInterval { get; }
+
+    /// <summary>Steps begun so far.</summary>
+    public long Step { get; private set; }
+
+    /// <summary>Whether the current step collects statistics and updates R.</summary>
+    public bool UpdatesThisStep { get; private set; }
+
+    /// <summary>Starts a training step: tells each layer whether to keep samples in the coming forward pass.</summary>
+    public void BeginStep()
+    {
+        UpdatesThisStep = Step % UpdateInterval == 0;
+        Step++;
+        foreach (var layer in Layers)
+            layer.CollectStatistics = UpdatesThisStep;
+    }
+
+    /// <summary>Applies each layer's pending update (call after the optimizer step).</summary>
+    /// <exception cref="TrainingDivergedException">A layer's matrix or loss turned non-finite.</exception>
+    public void Update()
+    {
+        for (int i = 0; i < Layers.Count; i++)
+        {
+            double loss = Layers[i].UpdateDecorrelation();
+            if (!double.IsNaN(loss))
+            {
+                _lossSums[i] += loss;
+                _lossCounts[i]++;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Mean decorrelation loss of each layer (by <see cref="DecorrelatedLayer.LayerName"/>) over the updates
+    /// since the last call, then starts a new average. NaN for a layer that was not updated.
+    /// </summary>
+    public IReadOnlyDictionary<string, double> TakeMeanLosses()
+    {
+        var means = new Dictionary<string, double>(Layers.Count);
+        for (int i = 0; i < Layers.Count; i++)
+        {
+            means[Layers[i].LayerName] = _lossCounts[i] == 0 ? double.NaN : _lossSums[i] / _lossCounts[i];
+            _lossSums[i] = 0;
+            _lossCounts[i] = 0;
+        }
+        return means;
+    }
+}

@@ -1,0 +1,223 @@
+using System.Diagnostics;
+using Microsoft.ML.Decorrelation.Torch.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Torch.Training;
+
+/// <summary>
+/// Trains an image classifier with cross-entropy, by plain backpropagation or by decorrelated
+/// backpropagation (when the network contains <see cref="DecorrelatedLayer"/>s). Independent of ML.NET.
+/// </summary>
+public sealed class NetworkTrainer
+{
+    private readonly TrainingOptions _options;
+
+    /// <summary>Creates a trainer; the options are copied and validated.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of range (its name is given).</exception>
+    public NetworkTrainer(TrainingOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options.Clone();
+        _options.Validate();
+    }
+
+    /// <summary>The options in use.</summary>
+    public TrainingOptions Options => _options.Clone();
+
+    /// <summary>
+    /// Seeds Torch with <see cref="TrainingOptions.Seed"/>, builds the plain network and, when
+    /// <paramref name="decorrelated"/> is set, converts it to its decorrelated twin. The same seed therefore
+    /// gives backprop and DBP identical initial weights.
+    /// </summary>
+    /// <param name="buildPlain">Builds the plain network on the given device.</param>
+    /// <param name="options">Supplies the seed, the device and the decorrelation options.</param>
+    /// <param name="decorrelated">Whether to return the decorrelated twin.</param>
+    public static nn.Module<Tensor, Tensor> CreateNetwork(Func<Device, nn.Module<Tensor, Tensor>> buildPlain, TrainingOptions options, bool decorrelated)
+    {
+        ArgumentNullException.ThrowIfNull(buildPlain);
+        ArgumentNullException.ThrowIfNull(options);
+        random.manual_seed(options.Seed);
+        var plain = buildPlain(options.Device);
+        if (!decorrelated)
+            return plain;
+        using (plain)
+            return NetworkConversion.ToDecorrelated(plain, options.Decorrelation ?? new DecorrelationOptions());
+    }
+
+    /// <summary>Trains <paramref name="network"/> in place on <paramref name="train"/>.</summary>
+    /// <param name="network">The network, on <see cref="TrainingOptions.Device"/>.</param>
+    /// <param name="train">The training images.</param>
+    /// <param name="test">Images to measure accuracy on at each evaluation point, or null.</param>
+    /// <param name="onMetrics">Receives the metrics at each evaluation point, or null.</param>
+    /// <param name="onStep">Receives the progress of each step, or null.</param>
+    /// <param name="cancellation">Stops training before the next step; the network keeps the weights reached.</param>
+    /// <returns>The metrics of every evaluation point.</returns>
+    /// <exception cref="TrainingDivergedException">The loss or a decorrelation matrix turned non-finite.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellation"/> was triggered.</exception>
+    public IReadOnlyList<TrainingMetrics> Train(nn.Module<Tensor, Tensor> network, ImageDataset train, ImageDataset? test = null,
+        Action<TrainingMetrics>? onMetrics = null, Action<StepProgress>? onStep = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(network);
+        ArgumentNullException.ThrowIfNull(train);
+        if (train.Count == 0)
+            throw new ArgumentException("The training set is empty.", nameof(train));
+        if (_options.TuneNativeAllocator)
+            NativeAllocatorTuning.Apply();
+        if (_options.Threads is int threads)
+            set_num_threads(threads);
+
+        var options = _options;
+        var decorrelation = options.Decorrelation;
+        var controller = new DecorrelationController(network, decorrelation?.UpdateInterval ?? 1);
+        if (decorrelation is not null)
+        {
+            foreach (var layer in controller.Layers)
+            {
+                layer.LearningRate = decorrelation.LearningRate;
+                layer.Kappa = decorrelation.Kappa;
+                layer.SampleFraction = layer is DecorrelatedConv2d ? decorrelation.ConvolutionSampleFraction : decorrelation.LinearSampleFraction;
+            }
+        }
+
+        random.manual_seed(options.Seed + 1);
+        var order = new Random(options.Seed);
+        int batchesPerEpoch = (int)((train.Count + options.BatchSize - 1) / options.BatchSize);
+        long totalSteps = (long)batchesPerEpoch * options.Epochs;
+        var evaluationSteps = EvaluationSteps(batchesPerEpoch, options.EvaluationsPerEpoch);
+
+        using var optimizer = CreateOptimizer(network, options);
+        var history = new List<TrainingMetrics>();
+        var clock = new Stopwatch();
+        double lossSum = 0;
+        int lossCount = 0;
+        double learningRate = options.LearningRate;
+        long step = 0;
+        network.train();
+        for (int epoch = 1; epoch <= options.Epochs; epoch++)
+        {
+            var permutation = Shuffle(train.Count, order);
+            for (int batch = 0; batch < batchesPerEpoch; batch++)
+            {
+                cancellation.ThrowIfCancellationRequested();
+                clock.Start();
+                learningRate = options.LearningRateAt(step, totalSteps, batchesPerEpoch);
+                foreach (var group in optimizer.ParamGroups)
+                    group.LearningRate = learningRate;
+                double loss = TrainStep(network, optimizer, controller, train, permutation, batch, options, epoch, step + 1);
+                clock.Stop();
+                step++;
+                lossSum += loss;
+                lossCount++;
+                onStep?.Invoke(new StepProgress(epoch, batch + 1, batchesPerEpoch, loss, clock.Elapsed.TotalSeconds));
+
+                int evaluationIndex = evaluationSteps.IndexOf(batch + 1);
+                if (evaluationIndex < 0)
+                    continue;
+                var metrics = new TrainingMetrics
+                {
+                    Epoch = epoch - 1 + (double)(evaluationIndex + 1) / evaluationSteps.Count,
+                    Step = step,
+                    TrainLoss = lossSum / lossCount,
+                    TestAccuracy = test is null ? null : Evaluate(network, test, options.EvaluationBatchSize, options.Device),
+                    TrainingSeconds = clock.Elapsed.TotalSeconds,
+                    LearningRate = learningRate,
+                    DecorrelationLoss = controller.TakeMeanLosses(),
+                };
+                lossSum = 0;
+                lossCount = 0;
+                history.Add(metrics);
+                onMetrics?.Invoke(metrics);
+            }
+        }
+        return history;
+    }
+
+    private static double TrainStep(nn.Module<Tensor, Tensor> network, optim.Optimizer optimizer, DecorrelationController controller,
+        ImageDataset train, long[] permutation, int batch, TrainingOptions options, int epoch, long step)
+    {
+        using var scope = NewDisposeScope();
+        int start = batch * options.BatchSize;
+        int count = (int)Math.Min(options.BatchSize, train.Count - start);
+        using var indices = tensor(permutation.AsSpan(start, count).ToArray());
+        var images = train.Images.index_select(0, indices).to(options.Device);
+        var labels = train.Labels.index_select(0, indices).to(options.Device);
+
+        controller.BeginStep();
+        optimizer.zero_grad();
+        var loss = nn.functional.cross_entropy(network.forward(images), labels);
+        double lossValue = loss.item<float>();
+        if (!double.IsFinite(lossValue))
+            throw new TrainingDivergedException($"The training loss became {lossValue} at epoch {epoch}, step {step}. Lower the learning rate.")
+            {
+                Epoch = epoch,
+                Step = step,
+            };
+        loss.backward();
+        optimizer.step();
+        try
+        {
+            controller.Update();
+        }
+        catch (TrainingDivergedException e)
+        {
+            throw new TrainingDivergedException($"{e.Message} (epoch {epoch}, step {step})", e.LayerName, e) { Epoch = epoch, Step = step };
+        }
+        return lossValue;
+    }
+
+    /// <summary>Accuracy of <paramref name="network"/> on <paramref name="data"/>, in eval mode and without gradients.</summary>
+    /// <param name="network">The network; its training mode is restored afterwards.</param>
+    /// <param name="data">The labelled images.</param>
+    /// <param name="batchSize">Images per forward pass.</param>
+    /// <param name="device">The network's device.</param>
+    public static double Evaluate(nn.Module<Tensor, Tensor> network, ImageDataset data, int batchSize, Device device)
+    {
+        ArgumentNullException.ThrowIfNull(network);
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        if (data.Count == 0)
+            return double.NaN;
+        bool wasTraining = network.training;
+        network.eval();
+        try
+        {
+            using var noGrad = no_grad();
+            long correct = 0;
+            for (long start = 0; start < data.Count; start += batchSize)
+            {
+                using var scope = NewDisposeScope();
+                long count = Math.Min(batchSize, data.Count - start);
+                var predicted = network.forward(data.Images.narrow(0, start, count).to(device)).argmax(1).cpu();
+                correct += predicted.eq(data.Labels.narrow(0, start, count)).sum().item<long>();
+            }
+            return (double)correct / data.Count;
+        }
+        finally
+        {
+            network.train(wasTraining);
+        }
+    }
+
+    private static optim.Optimizer CreateOptimizer(nn.Module<Tensor, Tensor> network, TrainingOptions options) => options.Optimizer switch
+    {
+        OptimizerKind.Sgd => optim.SGD(network.parameters(), options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
+        _ => optim.Adam(network.parameters(), options.LearningRate, weight_decay: options.WeightDecay),
+    };
+
+    /// <summary>The 1-based batch numbers after which an epoch of <paramref name="batches"/> is evaluated.</summary>
+    private static List<int> EvaluationSteps(int batches, int perEpoch)
+    {
+        int points = Math.Min(perEpoch, batches);
+        return Enumerable.Range(1, points).Select(i => (int)Math.Round((double)i * batches / points)).Distinct().ToList();
+    }
+
+    private static long[] Shuffle(long count, Random random)
+    {
+        var permutation = new long[count];
+        for (long i = 0; i < count; i++)
+            permutation[i] = i;
+        random.Shuffle(permutation);
+        return permutation;
+    }
+}

@@ -1,0 +1,40 @@
+namespace Microsoft.ML.Decorrelation.Torch.Training;
+
+/// <summary>What <see cref="NetworkTrainer"/> measured up to one evaluation point.</summary>
+public sealed record TrainingMetrics
+{
+    /// <summary>Epochs done at this point: 1, 2, … at epoch ends; fractions (0.5, …) between.</summary>
+    public required double Epoch { get; init; }
+
+    /// <summary>Steps done at this point, over the whole run.</summary>
+    public required long Step { get; init; }
+
+    /// <summary>Whether this point closes an epoch.</summary>
+    public bool IsEpochEnd => Math.Abs(Epoch - Math.Round(Epoch)) < 1e-9;
+
+    /// <summary>Mean training loss of the steps since the previous point.</summary>
+    public required double TrainLoss { get; init; }
+
+    /// <summary>Test accuracy at this point, or null when no test set was given.</summary>
+    public double? TestAccuracy { get; init; }
+
+    /// <summary>Training wall-clock seconds since the start of the run (evaluation time excluded).</summary>
+    public required double TrainingSeconds { get; init; }
+
+    /// <summary>The learning rate of the last step.</summary>
+    public required double LearningRate { get; init; }
+
+    /// <summary>
+    /// Mean decorrelation loss of each decorrelated layer (by path) over the updates since the previous
+    /// point; empty for plain backpropagation.
+    /// </summary>
+    public required IReadOnlyDictionary<string, double> DecorrelationLoss { get; init; }
+}
+
+/// <summary>Progress of one training step, for progress bars.</summary>
+/// <param name="Epoch">The current epoch (1-based).</param>
+/// <param name="Batch">Batches done in this epoch.</param>
+/// <param name="BatchesPerEpoch">Batches in one epoch.</param>
+/// <param name="Loss">The training loss of this step.</param>
+/// <param name="TrainingSeconds">Training wall-clock seconds since the start of the run.</param>
+public readonly record struct StepProgress(int Epoch, int Batch, int BatchesPerEpoch, double Loss, double TrainingSeconds);

@@ -1,0 +1,129 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Torch.Training;
+
+/// <summary>The optimizer of the network's weights.</summary>
+public enum OptimizerKind
+{
+    /// <summary>Adam (with L2 weight decay when <see cref="TrainingOptions.WeightDecay"/> is set).</summary>
+    Adam,
+
+    /// <summary>Stochastic gradient descent with momentum.</summary>
+    Sgd,
+}
+
+/// <summary>How the learning rate changes over the run.</summary>
+public enum LearningRateSchedule
+{
+    /// <summary>The same learning rate throughout.</summary>
+    Constant,
+
+    /// <summary>Cosine decay from the learning rate to 0 over all steps of the run.</summary>
+    Cosine,
+
+    /// <summary>Multiplied by <see cref="TrainingOptions.StepDecayFactor"/> every <see cref="TrainingOptions.StepDecayEpochs"/> epochs.</summary>
+    Step,
+}
+
+/// <summary>Options of <see cref="NetworkTrainer"/>.</summary>
+public sealed class TrainingOptions
+{
+    /// <summary>Passes over the training data. Default 5.</summary>
+    public int Epochs { get; set; } = 5;
+
+    /// <summary>Images per step. Default 128.</summary>
+    public int BatchSize { get; set; } = 128;
+
+    /// <summary>The optimizer's (initial) learning rate. Default 1e-3.</summary>
+    public double LearningRate { get; set; } = 1e-3;
+
+    /// <summary>The optimizer. Default Adam.</summary>
+    public OptimizerKind Optimizer { get; set; } = OptimizerKind.Adam;
+
+    /// <summary>Momentum of SGD. Default 0.9.</summary>
+    public double Momentum { get; set; } = 0.9;
+
+    /// <summary>L2 weight decay. Default 0.</summary>
+    public double WeightDecay { get; set; }
+
+    /// <summary>The learning-rate schedule. Default constant.</summary>
+    public LearningRateSchedule Schedule { get; set; } = LearningRateSchedule.Constant;
+
+    /// <summary>With <see cref="LearningRateSchedule.Step"/>: epochs between two decays. Default 2.</summary>
+    public int StepDecayEpochs { get; set; } = 2;
+
+    /// <summary>With <see cref="LearningRateSchedule.Step"/>: the factor applied at each decay. Default 0.1.</summary>
+    public double StepDecayFactor { get; set; } = 0.1;
+
+    /// <summary>
+    /// Decorrelation settings applied to every decorrelated layer of the trained network (and used by
+    /// <see cref="NetworkTrainer.CreateNetwork"/> to convert one). A network without decorrelated layers
+    /// trains with plain backpropagation whatever this says; null leaves each layer's own settings.
+    /// </summary>
+    public DecorrelationOptions? Decorrelation { get; set; } = new();
+
+    /// <summary>Seed of the initial weights, the batch order and the statistics samples. Default 0.</summary>
+    public int Seed { get; set; }
+
+    /// <summary>Test-set evaluations per epoch (at equal step intervals; the last at the epoch's end). Default 1.</summary>
+    public int EvaluationsPerEpoch { get; set; } = 1;
+
+    /// <summary>Images per evaluation batch. Default 1000.</summary>
+    public int EvaluationBatchSize { get; set; } = 1000;
+
+    /// <summary>The device to train on. Default the CPU; see <see cref="TorchDevices.Select"/>.</summary>
+    public Device Device { get; set; } = CPU;
+
+    /// <summary>Threads Torch may use on the CPU; null leaves Torch's setting alone.</summary>
+    public int? Threads { get; set; }
+
+    /// <summary>
+    /// Apply <see cref="NativeAllocatorTuning"/> before training (Linux only; about 3× faster CPU steps).
+    /// Default true.
+    /// </summary>
+    public bool TuneNativeAllocator { get; set; } = true;
+
+    /// <summary>Returns a copy of these options (the decorrelation options copied too).</summary>
+    public TrainingOptions Clone()
+    {
+        var copy = (TrainingOptions)MemberwiseClone();
+        copy.Decorrelation = Decorrelation?.Clone();
+        return copy;
+    }
+
+    /// <summary>Throws an <see cref="ArgumentOutOfRangeException"/> naming the first option out of range.</summary>
+    public void Validate()
+    {
+        Positive(Epochs, nameof(Epochs));
+        Positive(BatchSize, nameof(BatchSize));
+        Positive(EvaluationsPerEpoch, nameof(EvaluationsPerEpoch));
+        Positive(EvaluationBatchSize, nameof(EvaluationBatchSize));
+        Positive(StepDecayEpochs, nameof(StepDecayEpochs));
+        if (!(LearningRate > 0) || double.IsInfinity(LearningRate))
+            throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "The learning rate must be positive and finite.");
+        if (!(Momentum >= 0 && Momentum < 1))
+            throw new ArgumentOutOfRangeException(nameof(Momentum), Momentum, "Momentum must lie in [0, 1).");
+        if (!(WeightDecay >= 0) || double.IsInfinity(WeightDecay))
+            throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "Weight decay must be non-negative and finite.");
+        if (!(StepDecayFactor > 0 && StepDecayFactor <= 1))
+            throw new ArgumentOutOfRangeException(nameof(StepDecayFactor), StepDecayFactor, "The step decay factor must lie in (0, 1].");
+        if (Threads is < 1)
+            throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "The thread count must be at least 1.");
+        Decorrelation?.Validate();
+    }
+
+    /// <summary>The learning rate at <paramref name="step"/> (0-based) of a run of <paramref name="totalSteps"/>.</summary>
+    public double LearningRateAt(long step, long totalSteps, long stepsPerEpoch) => Schedule switch
+    {
+        LearningRateSchedule.Cosine => LearningRate * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(step, totalSteps) / totalSteps)),
+        LearningRateSchedule.Step => LearningRate * Math.Pow(StepDecayFactor, step / stepsPerEpoch / StepDecayEpochs),
+        _ => LearningRate,
+    };
+
+    private static void Positive(int value, string name)
+    {
+        if (value < 1)
+            throw new ArgumentOutOfRangeException(name, value, $"{name} must be at least 1.");
+    }
+}

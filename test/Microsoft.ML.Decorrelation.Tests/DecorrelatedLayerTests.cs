@@ -1,0 +1,244 @@
+using Microsoft.ML.Decorrelation.Torch;
+using Microsoft.VisualStudio.TestTools.UnitTesting;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Tests;
+
+[TestClass]
+public class DecorrelatedLayerTests
+{
+    [TestInitialize]
+    public void Seed() => random.manual_seed(1234);
+
+    private static void Randomize(DecorrelatedLayer layer, double spread = 0.2)
+    {
+        using var noGrad = no_grad();
+        layer.DecorrelationMatrix.add_(randn_like(layer.DecorrelationMatrix).mul_(spread));
+    }
+
+    [TestMethod]
+    [DataRow(1, 0, 1)]
+    [DataRow(2, 1, 1)]
+    [DataRow(2, 2, 2)]
+    [DataRow(1, 3, 2)]
+    public void ConvolutionForwardEqualsUnfoldThenDecorrelateThenWeight(int stride, int padding, int dilation)
+    {
+        using var scope = NewDisposeScope();
+        var layer = new DecorrelatedConv2d(3, 5, (3, 2), (stride, stride), (padding, padding), (dilation, dilation));
+        Randomize(layer);
+        var input = randn(2, 3, 9, 8);
+        var output = layer.forward(input);
+
+        // Explicit: unfold every patch in (c, i, j) order, z = R·patch, y = W·z + b, in double precision.
+        var patches = nn.functional.unfold(input.to(ScalarType.Float64), (3, 2), (dilation, dilation), (padding, padding), (stride, stride));
+        var z = layer.DecorrelationMatrix.to(ScalarType.Float64).matmul(patches);                       // (B, D, L)
+        var expected = layer.Weight.to(ScalarType.Float64).view(5, -1).matmul(z) + layer.Bias!.to(ScalarType.Float64).view(1, 5, 1);
+        Assert.AreEqual(expected.shape[2], output.shape[2] * output.shape[3], "number of output positions");
+        Assert.IsLessThan(1e-5, Reference.MaxAbsDifference(output.flatten(2), expected));
+    }
+
+    [TestMethod]
+    public void ConvolutionWeightGradientIsOutputGradientTimesDecorrelatedPatches()
+    {
+        using var scope = NewDisposeScope();
+        var layer = new DecorrelatedConv2d(2, 4, (3, 3), (2, 2), (1, 1), (1, 1));
+        Randomize(layer);
+        var input = randn(3, 2, 7, 7);
+        var upstream = randn(3, 4, 4, 4);
+        (layer.forward(input) * upstream).sum().backward();
+
+        var patches = nn.functional.unfold(input.to(ScalarType.Float64), 3, 1, 1, 2);                 // (B, D, L)
+        var z = layer.DecorrelationMatrix.to(ScalarType.Float64).matmul(patches);                       // (B, D, L)
+        var delta = upstream.to(ScalarType.Float64).flatten(2);                                       // (B, O, L)
+        var expected = delta.matmul(z.transpose(1, 2)).sum(dim: 0);                                        // Σ δ·zᵀ, (O, D)
+        Assert.IsLessThan(1e-4, Reference.MaxAbsDifference(layer.Weight.grad!.view(4, -1), expected));
+        Assert.IsTrue(layer.DecorrelationMatrix.grad is null, "R must not receive a gradient");
+    }
+
+    [TestMethod]
+    public void LinearForwardAndGradientMatchExplicitComputation()
+    {
+        using var scope = NewDisposeScope();
+        var layer = new DecorrelatedLinear(6, 3);
+        Randomize(layer);
+        var input = randn(10, 6);
+        var upstream = randn(10, 3);
+        var output = layer.forward(input);
+        (output * upstream).sum().backward();
+
+        var z = input.to(ScalarType.Float64).matmul(layer.DecorrelationMatrix.to(ScalarType.Float64).t());   // rows z = R·x
+        var expected = z.matmul(layer.Weight.to(ScalarType.Float64).t()) + layer.Bias!.to(ScalarType.Float64);
+        Assert.IsLessThan(1e-5, Reference.MaxAbsDifference(output, expected));
+        var expectedGradient = upstream.to(ScalarType.Float64).t().matmul(z);
+        Assert.IsLessThan(1e-4, Reference.MaxAbsDifference(layer.Weight.grad!, expectedGradient));
+    }
+
+    [TestMethod]
+    public void RStartsAsIdentityAndIsAPersistentBufferNotAParameter()
+    {
+        using var layer = new DecorrelatedConv2d(3, 8, (3, 3));
+        Assert.AreEqual(27L, layer.InputSize);
+        Assert.AreEqual(0.0, Reference.MaxAbsDifference(layer.DecorrelationMatrix, eye(27)));
+        CollectionAssert.AreEquivalent(new[] { "weight", "bias" }, layer.named_parameters().Select(p => p.name).ToArray());
+        CollectionAssert.Contains(layer.state_dict().Keys.ToArray(), "decorrelation_matrix");
+    }
+
+    [TestMethod]
+    [DataRow(40, 0.3)]    // N ≥ D: X is formed
+    [DataRow(5, 0.01)]    // N < D: Zᵀ(Z·R) path
+    [DataRow(3, 0.0)]
+    [DataRow(64, 1.0)]
+    public void LinearUpdateStepEqualsDoublePrecisionReference(int batch, double kappa)
+    {
+        using var scope = NewDisposeScope();
+        const double eta = 0.05;
+        var options = new DecorrelationOptions { LearningRate = eta, Kappa = kappa, LinearSampleFraction = 1 };
+        var layer = new DecorrelatedLinear(12, 4, options: options);
+        Randomize(layer, 0.3);
+        var input = randn(batch, 12) * 1.5 + 0.3;
+        var r = Reference.ToMatrix(layer.DecorrelationMatrix);
+        var z = Reference.Multiply(Reference.ToMatrix(input), Reference.Transpose(r));
+        var (expectedR, expectedLoss) = Reference.UpdateRule(z, r, kappa, eta);
+
+        layer.train();
+        layer.forward(input);
+        double loss = layer.UpdateDecorrelation();
+
+        Assert.IsLessThan(1e-5, Reference.MaxAbsDifference(Reference.ToMatrix(layer.DecorrelationMatrix), expectedR));
+        Assert.AreEqual(expectedLoss, loss, 1e-5 * Math.Max(1, expectedLoss));
+        Assert.IsFalse(layer.HasPendingStatistics);
+    }
+
+    [TestMethod]
+    public void ConvolutionUpdateUsesEveryPatchOfTheSampledImages()
+    {
+        using var scope = NewDisposeScope();
+        const double eta = 0.02, kappa = 0.1;
+        var options = new DecorrelationOptions { LearningRate = eta, Kappa = kappa, ConvolutionSampleFraction = 1 };
+        var layer = new DecorrelatedConv2d(2, 3, (2, 2), (2, 1), (1, 0), (1, 2), options: options);
+        Randomize(layer);
+        var input = randn(4, 2, 6, 7);
+        var r = Reference.ToMatrix(layer.DecorrelationMatrix);
+        var patches = nn.functional.unfold(input, (2, 2), (1, 2), (1, 0), (2, 1)).transpose(1, 2).reshape(-1, 8);   // one patch per row
+        var z = Reference.Multiply(Reference.ToMatrix(patches), Reference.Transpose(r));
+        var (expectedR, expectedLoss) = Reference.UpdateRule(z, r, kappa, eta);
+
+        layer.train();
+        layer.forward(input);
+        double loss = layer.UpdateDecorrelation();
+
+        Assert.IsLessThan(1e-5, Reference.MaxAbsDifference(Reference.ToMatrix(layer.DecorrelationMatrix), expectedR));
+        Assert.AreEqual(expectedLoss, loss, 1e-5 * Math.Max(1, expectedLoss));
+    }
+
+    [TestMethod]
+    public void ProductPathForFewSamplesEqualsNaivePath()
+    {
+        using var scope = NewDisposeScope();
+        var z = randn(7, 30, dtype: ScalarType.Float64);
+        var r = eye(30, dtype: ScalarType.Float64) + randn(30, 30, dtype: ScalarType.Float64) * 0.1;
+        var (update, loss) = DecorrelationRule.Compute(z, r, 0.2);
+
+        var x = z.t().mm(z) / 7;
+        var diagonal = x.diag();
+        var c = x - diagonal.diag();
+        var naive = (c * 0.8 + (diagonal - 1).diag() * 0.2).mm(r);
+        var naiveLoss = (c.square().sum() * 0.8 + (diagonal - 1).square().sum() * 0.2) / 900;
+        Assert.IsLessThan(1e-10, Reference.MaxAbsDifference(update, naive));
+        Assert.AreEqual(naiveLoss.item<double>(), loss.item<double>(), 1e-12);
+    }
+
+    [TestMethod]
+    public void SamplesOnlyTheRequestedFractionOfTheBatch()
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new DecorrelatedLinear(4, 2, options: new DecorrelationOptions { LinearSampleFraction = 0.25 });
+        Assert.AreEqual(8L, layer.SampleCount(32));
+        Assert.AreEqual(1L, layer.SampleCount(1));
+        Assert.AreEqual(1L, layer.SampleCount(2));
+        layer.eval();
+        layer.forward(randn(32, 4));
+        Assert.IsFalse(layer.HasPendingStatistics, "eval mode keeps no statistics");
+        layer.train();
+        layer.CollectStatistics = false;
+        layer.forward(randn(32, 4));
+        Assert.IsFalse(layer.HasPendingStatistics, "a step without collection keeps no statistics");
+        Assert.IsTrue(double.IsNaN(layer.UpdateDecorrelation()));
+    }
+
+    [TestMethod]
+    [DataRow(0.0)]
+    [DataRow(0.05)]
+    public void RepeatedUpdatesDecorrelateCorrelatedGaussianInputs(double kappa)
+    {
+        using var scope = NewDisposeScope();
+        const int d = 8;
+        // Correlated Gaussian inputs x = A·g: covariance A·Aᵀ with strong off-diagonal entries.
+        var mixing = eye(d) + randn(d, d) * 0.4 + ones(d, d) * 0.3;
+        var options = new DecorrelationOptions { LearningRate = 0.01, Kappa = kappa, LinearSampleFraction = 1 };
+        using var layer = new DecorrelatedLinear(d, 2, options: options);
+        var covariance = mixing.mm(mixing.t()).to(ScalarType.Float64);
+
+        // The exact second moment of z = R·x over the input distribution: R·A·Aᵀ·Rᵀ.
+        (double OffDiagonal, Tensor Variances) SecondMoment()
+        {
+            using var noGrad = no_grad();
+            var r = layer.DecorrelationMatrix.to(ScalarType.Float64);
+            var x = r.mm(covariance).mm(r.t());
+            var offDiagonal = (x - x.diag().diag()).abs().sum().item<double>() / (d * d - d);
+            return (offDiagonal, x.diag());
+        }
+
+        var before = SecondMoment().OffDiagonal;
+        layer.train();
+        for (int step = 0; step < 1000; step++)
+        {
+            using var stepScope = NewDisposeScope();
+            layer.forward(randn(2048, d).mm(mixing.t()));
+            layer.UpdateDecorrelation();
+        }
+        var (after, variances) = SecondMoment();
+
+        Assert.IsGreaterThan(0.3, before, "the synthetic inputs must start correlated");
+        Assert.IsLessThan(before / 100, after, $"mean |off-diagonal| went from {before} to {after}");
+        if (kappa > 0)
+            Assert.IsLessThan(0.05, (variances - 1).abs().max().item<double>(), $"variances: {variances.str()}");
+    }
+
+    [TestMethod]
+    public void DivergingUpdateThrowsNamingTheLayerAndKeepsTheLastFiniteR()
+    {
+        using var scope = NewDisposeScope();
+        var network = NetworkConversion.ToDecorrelated(nn.Sequential(("hidden", nn.Linear(4, 4)), ("head", nn.Linear(4, 2))),
+            new DecorrelationOptions { LearningRate = 1e30, LinearSampleFraction = 1 });
+        var controller = new DecorrelationController(network);
+        network.train();
+        controller.BeginStep();
+        network.forward(randn(16, 4) * 1e10);
+        var before = controller.Layers[0].DecorrelationMatrix.clone();
+
+        var error = Assert.ThrowsExactly<TrainingDivergedException>(controller.Update);
+        Assert.AreEqual("hidden", error.LayerName);
+        StringAssert.Contains(error.Message, "'hidden'");
+        Assert.AreEqual(0.0, Reference.MaxAbsDifference(controller.Layers[0].DecorrelationMatrix, before), "R keeps its last finite value");
+    }
+
+    [TestMethod]
+    public void UpdateIntervalSkipsStatisticsBetweenUpdates()
+    {
+        using var scope = NewDisposeScope();
+        var network = NetworkConversion.ToDecorrelated(nn.Sequential(nn.Linear(4, 3)), new DecorrelationOptions { LinearSampleFraction = 1 });
+        var controller = new DecorrelationController(network, updateInterval: 3);
+        network.train();
+        var updated = new List<bool>();
+        for (int step = 0; step < 7; step++)
+        {
+            controller.BeginStep();
+            network.forward(randn(8, 4));
+            updated.Add(controller.Layers[0].HasPendingStatistics);
+            controller.Update();
+        }
+        CollectionAssert.AreEqual(new[] { true, false, false, true, false, false, true }, updated);
+    }
+}
