@@ -114,6 +114,19 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// The decorrelation loss of the samples kept by the last training forward pass, measured without
+    /// updating R or forgetting the samples; NaN when there are none.
+    /// </summary>
+    public double PendingDecorrelationLoss()
+    {
+        if (_pendingSamples is null)
+            return double.NaN;
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        return DecorrelationRule.Compute(_pendingSamples, decorrelation_matrix, Kappa).Loss.item<float>();
+    }
+
+    /// <summary>
     /// Applies one step of the update rule with the samples kept by the last training forward pass, then
     /// forgets them. Does nothing when there are none.
     /// </summary>

@@ -10,8 +10,9 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// decorrelated network back into plain layers.
 /// </summary>
 /// <remarks>
-/// Both directions build a NEW network and copy weights into it; the source is left as it was.
-/// Parameter-free modules (activations, pooling, flatten) are shared between the two networks.
+/// Both directions build a NEW network that shares nothing with the source: weights are copied, and
+/// parameter-free modules (activations, pooling, flatten) are re-created, so either network can be
+/// disposed on its own.
 /// </remarks>
 public static class NetworkConversion
 {
@@ -177,12 +178,25 @@ public static class NetworkConversion
                 var linearCopy = nn.Linear(linear.in_features, linear.out_features, linear.bias is not null, linear.weight!.device);
                 CopyState(module, linearCopy);
                 return linearCopy;
+            case ReLU relu:
+                return nn.ReLU(relu.inplace);
+            case MaxPool2d pool:
+                return nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode);
+            case AvgPool2d pool:
+                return nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad, pool.divisor_override);
+            case AdaptiveAvgPool2d pool:
+                return nn.AdaptiveAvgPool2d(pool.output_size);
+            case Flatten flatten:
+                return nn.Flatten(flatten.start_dim, flatten.end_dim);
+            case Identity:
+                return nn.Identity();
+            case Dropout dropout:
+                return nn.Dropout(dropout.p, dropout.inplace);
             default:
-                if (module.parameters().Any() || module.buffers().Any() || module.children().Any())
-                    throw new NotSupportedException(
-                        $"Layer '{path}' ({module.GetType().Name}) holds state that cannot be copied; " +
-                        "build the network from Sequential, IComposedModule blocks, Conv2d, Linear, BatchNorm2d and parameter-free modules.");
-                return module;   // parameter-free: safe to share
+                throw new NotSupportedException(
+                    $"Layer '{path}' ({module.GetType().Name}) cannot be copied. Build the network from Sequential, IComposedModule blocks, " +
+                    "Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Identity and Dropout, " +
+                    "or wrap other modules in an IComposedModule that rebuilds them.");
         }
     }
 

@@ -50,6 +50,29 @@ public sealed class ImageDataset : IDisposable
     /// <summary>(C, H, W) of one image.</summary>
     public (long Channels, long Height, long Width) ImageShape => (Images.shape[1], Images.shape[2], Images.shape[3]);
 
+    /// <summary>The mean and standard deviation of each channel over all images and pixels.</summary>
+    public (float[] Mean, float[] StandardDeviation) ChannelStatistics()
+    {
+        using var scope = NewDisposeScope();
+        var perChannel = Images.transpose(0, 1).reshape(Images.shape[1], -1).to(ScalarType.Float64);
+        return (perChannel.mean([1]).to(ScalarType.Float32).data<float>().ToArray(),
+                perChannel.std(1).to(ScalarType.Float32).data<float>().ToArray());
+    }
+
+    /// <summary>Standardises the images in place: each channel c becomes (x − mean[c]) / standardDeviation[c].</summary>
+    /// <exception cref="ArgumentException">The arrays do not have one positive entry per channel.</exception>
+    public void Normalize(float[] mean, float[] standardDeviation)
+    {
+        long channels = Images.shape[1];
+        if (mean.Length != channels || standardDeviation.Length != channels)
+            throw new ArgumentException($"Normalisation needs one mean and one standard deviation per channel ({channels}).");
+        if (standardDeviation.Any(s => !(s > 0) || !float.IsFinite(s)))
+            throw new ArgumentException("Every standard deviation must be positive and finite.", nameof(standardDeviation));
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        Images.sub_(tensor(mean).view(1, channels, 1, 1)).div_(tensor(standardDeviation).view(1, channels, 1, 1));
+    }
+
     /// <summary>A new dataset holding the images at <paramref name="start"/>, …, start + count − 1.</summary>
     public ImageDataset Slice(long start, long count)
         => new(Images.narrow(0, start, count).clone(), Labels.narrow(0, start, count).clone(), ClassCount);
