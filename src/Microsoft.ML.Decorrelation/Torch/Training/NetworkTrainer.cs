@@ -45,6 +45,23 @@ public sealed class NetworkTrainer
             return NetworkConversion.ToDecorrelated(plain, options.Decorrelation ?? new DecorrelationOptions());
     }
 
+    /// <summary>
+    /// Prepares <paramref name="network"/> for step-by-step training: applies the native allocator tuning
+    /// and thread count, the decorrelation options to its layers, and creates its optimizer.
+    /// </summary>
+    /// <param name="network">The network, on <see cref="TrainingOptions.Device"/>.</param>
+    /// <param name="stepsPerEpoch">Steps in one epoch, for the learning-rate schedule.</param>
+    public TrainingSession CreateSession(nn.Module<Tensor, Tensor> network, int stepsPerEpoch)
+    {
+        ArgumentNullException.ThrowIfNull(network);
+        ArgumentOutOfRangeException.ThrowIfLessThan(stepsPerEpoch, 1);
+        if (_options.TuneNativeAllocator)
+            NativeAllocatorTuning.Apply();
+        if (_options.Threads is int threads)
+            set_num_threads(threads);
+        return new TrainingSession(network, _options, stepsPerEpoch);
+    }
+
     /// <summary>Trains <paramref name="network"/> in place on <paramref name="train"/>.</summary>
     /// <param name="network">The network, on <see cref="TrainingOptions.Device"/>.</param>
     /// <param name="train">The training images.</param>
@@ -62,38 +79,16 @@ public sealed class NetworkTrainer
         ArgumentNullException.ThrowIfNull(train);
         if (train.Count == 0)
             throw new ArgumentException("The training set is empty.", nameof(train));
-        if (_options.TuneNativeAllocator)
-            NativeAllocatorTuning.Apply();
-        if (_options.Threads is int threads)
-            set_num_threads(threads);
-
         var options = _options;
-        var decorrelation = options.Decorrelation;
-        var controller = new DecorrelationController(network, decorrelation?.UpdateInterval ?? 1);
-        if (decorrelation is not null)
-        {
-            foreach (var layer in controller.Layers)
-            {
-                layer.LearningRate = decorrelation.LearningRate;
-                layer.Kappa = decorrelation.Kappa;
-                layer.SampleFraction = layer is DecorrelatedConv2d ? decorrelation.ConvolutionSampleFraction : decorrelation.LinearSampleFraction;
-            }
-        }
-
-        random.manual_seed(options.Seed + 1);
-        var order = new Random(options.Seed);
         int batchesPerEpoch = (int)((train.Count + options.BatchSize - 1) / options.BatchSize);
-        long totalSteps = (long)batchesPerEpoch * options.Epochs;
+        using var session = CreateSession(network, batchesPerEpoch);
+        random.manual_seed(options.Seed + 1);   // the statistics samples
+        var order = new Random(options.Seed);
         var evaluationSteps = EvaluationSteps(batchesPerEpoch, options.EvaluationsPerEpoch);
-
-        using var optimizer = CreateOptimizer(network, options);
         var history = new List<TrainingMetrics>();
         var clock = new Stopwatch();
         double lossSum = 0;
         int lossCount = 0;
-        double learningRate = options.LearningRate;
-        long step = 0;
-        network.train();
         for (int epoch = 1; epoch <= options.Epochs; epoch++)
         {
             var permutation = Shuffle(train.Count, order);
@@ -101,12 +96,16 @@ public sealed class NetworkTrainer
             {
                 cancellation.ThrowIfCancellationRequested();
                 clock.Start();
-                learningRate = options.LearningRateAt(step, totalSteps, batchesPerEpoch);
-                foreach (var group in optimizer.ParamGroups)
-                    group.LearningRate = learningRate;
-                double loss = TrainStep(network, optimizer, controller, train, permutation, batch, options, epoch, step + 1);
+                double loss;
+                using (var scope = NewDisposeScope())
+                {
+                    int start = batch * options.BatchSize;
+                    int count = (int)Math.Min(options.BatchSize, train.Count - start);
+                    var indices = tensor(permutation.AsSpan(start, count).ToArray());
+                    loss = session.Step(train.Images.index_select(0, indices).to(options.Device),
+                                        train.Labels.index_select(0, indices).to(options.Device));
+                }
                 clock.Stop();
-                step++;
                 lossSum += loss;
                 lossCount++;
                 onStep?.Invoke(new StepProgress(epoch, batch + 1, batchesPerEpoch, loss, clock.Elapsed.TotalSeconds));
@@ -117,12 +116,12 @@ public sealed class NetworkTrainer
                 var metrics = new TrainingMetrics
                 {
                     Epoch = epoch - 1 + (double)(evaluationIndex + 1) / evaluationSteps.Count,
-                    Step = step,
+                    Step = session.StepCount,
                     TrainLoss = lossSum / lossCount,
                     TestAccuracy = test is null ? null : Evaluate(network, test, options.EvaluationBatchSize, options.Device),
                     TrainingSeconds = clock.Elapsed.TotalSeconds,
-                    LearningRate = learningRate,
-                    DecorrelationLoss = controller.TakeMeanLosses(),
+                    LearningRate = session.LearningRate,
+                    DecorrelationLoss = session.Decorrelation.TakeMeanLosses(),
                 };
                 lossSum = 0;
                 lossCount = 0;
@@ -131,39 +130,6 @@ public sealed class NetworkTrainer
             }
         }
         return history;
-    }
-
-    private static double TrainStep(nn.Module<Tensor, Tensor> network, optim.Optimizer optimizer, DecorrelationController controller,
-        ImageDataset train, long[] permutation, int batch, TrainingOptions options, int epoch, long step)
-    {
-        using var scope = NewDisposeScope();
-        int start = batch * options.BatchSize;
-        int count = (int)Math.Min(options.BatchSize, train.Count - start);
-        using var indices = tensor(permutation.AsSpan(start, count).ToArray());
-        var images = train.Images.index_select(0, indices).to(options.Device);
-        var labels = train.Labels.index_select(0, indices).to(options.Device);
-
-        controller.BeginStep();
-        optimizer.zero_grad();
-        var loss = nn.functional.cross_entropy(network.forward(images), labels);
-        double lossValue = loss.item<float>();
-        if (!double.IsFinite(lossValue))
-            throw new TrainingDivergedException($"The training loss became {lossValue} at epoch {epoch}, step {step}. Lower the learning rate.")
-            {
-                Epoch = epoch,
-                Step = step,
-            };
-        loss.backward();
-        optimizer.step();
-        try
-        {
-            controller.Update();
-        }
-        catch (TrainingDivergedException e)
-        {
-            throw new TrainingDivergedException($"{e.Message} (epoch {epoch}, step {step})", e.LayerName, e) { Epoch = epoch, Step = step };
-        }
-        return lossValue;
     }
 
     /// <summary>Accuracy of <paramref name="network"/> on <paramref name="data"/>, in eval mode and without gradients.</summary>
@@ -198,12 +164,6 @@ public sealed class NetworkTrainer
             network.train(wasTraining);
         }
     }
-
-    private static optim.Optimizer CreateOptimizer(nn.Module<Tensor, Tensor> network, TrainingOptions options) => options.Optimizer switch
-    {
-        OptimizerKind.Sgd => optim.SGD(network.parameters(), options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
-        _ => optim.Adam(network.parameters(), options.LearningRate, weight_decay: options.WeightDecay),
-    };
 
     /// <summary>The 1-based batch numbers after which an epoch of <paramref name="batches"/> is evaluated.</summary>
     private static List<int> EvaluationSteps(int batches, int perEpoch)

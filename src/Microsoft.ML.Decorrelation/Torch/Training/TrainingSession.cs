@@ -1,0 +1,101 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Torch.Training;
+
+/// <summary>
+/// One network being trained step by step: its optimizer, its learning-rate schedule and its
+/// decorrelation controller. Created by <see cref="NetworkTrainer.CreateSession"/>; used by
+/// <see cref="NetworkTrainer.Train"/> and by benchmarks that interleave the steps of several networks.
+/// </summary>
+public sealed class TrainingSession : IDisposable
+{
+    private readonly TrainingOptions _options;
+    private readonly optim.Optimizer _optimizer;
+    private readonly long _totalSteps;
+
+    internal TrainingSession(nn.Module<Tensor, Tensor> network, TrainingOptions options, int stepsPerEpoch)
+    {
+        _options = options;
+        Network = network;
+        StepsPerEpoch = stepsPerEpoch;
+        _totalSteps = (long)stepsPerEpoch * options.Epochs;
+        var decorrelation = options.Decorrelation;
+        Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? 1);
+        if (decorrelation is not null)
+        {
+            foreach (var layer in Decorrelation.Layers)
+            {
+                layer.LearningRate = decorrelation.LearningRate;
+                layer.Kappa = decorrelation.Kappa;
+                layer.SampleFraction = layer is DecorrelatedConv2d ? decorrelation.ConvolutionSampleFraction : decorrelation.LinearSampleFraction;
+            }
+        }
+        _optimizer = options.Optimizer switch
+        {
+            OptimizerKind.Sgd => optim.SGD(network.parameters(), options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
+            _ => optim.Adam(network.parameters(), options.LearningRate, weight_decay: options.WeightDecay),
+        };
+        LearningRate = options.LearningRate;
+    }
+
+    /// <summary>The network being trained.</summary>
+    public nn.Module<Tensor, Tensor> Network { get; }
+
+    /// <summary>The network's decorrelated layers and their update schedule (no layers for plain backprop).</summary>
+    public DecorrelationController Decorrelation { get; }
+
+    /// <summary>Steps in one epoch, for the learning-rate schedule and for messages.</summary>
+    public int StepsPerEpoch { get; }
+
+    /// <summary>Steps taken so far.</summary>
+    public long StepCount { get; private set; }
+
+    /// <summary>The learning rate of the last step.</summary>
+    public double LearningRate { get; private set; }
+
+    /// <summary>
+    /// One training step on a batch: forward, cross-entropy, backward, optimizer step, then the
+    /// decorrelation update. The network is put in training mode.
+    /// </summary>
+    /// <param name="images">(B, C, H, W) float32, on the network's device.</param>
+    /// <param name="labels">(B) int64 class indices, on the network's device.</param>
+    /// <returns>The batch's loss before the step.</returns>
+    /// <exception cref="TrainingDivergedException">The loss or a decorrelation matrix turned non-finite.</exception>
+    public double Step(Tensor images, Tensor labels)
+    {
+        using var scope = NewDisposeScope();
+        long step = StepCount + 1;
+        int epoch = (int)(StepCount / StepsPerEpoch) + 1;
+        LearningRate = _options.LearningRateAt(StepCount, _totalSteps, StepsPerEpoch);
+        foreach (var group in _optimizer.ParamGroups)
+            group.LearningRate = LearningRate;
+
+        Network.train();
+        Decorrelation.BeginStep();
+        _optimizer.zero_grad();
+        var loss = nn.functional.cross_entropy(Network.forward(images), labels);
+        double lossValue = loss.item<float>();
+        if (!double.IsFinite(lossValue))
+            throw new TrainingDivergedException($"The training loss became {lossValue} at epoch {epoch}, step {step}. Lower the learning rate.")
+            {
+                Epoch = epoch,
+                Step = step,
+            };
+        loss.backward();
+        _optimizer.step();
+        try
+        {
+            Decorrelation.Update();
+        }
+        catch (TrainingDivergedException e)
+        {
+            throw new TrainingDivergedException($"{e.Message} (epoch {epoch}, step {step})", e.LayerName, e) { Epoch = epoch, Step = step };
+        }
+        StepCount = step;
+        return lossValue;
+    }
+
+    /// <summary>Releases the optimizer's state.</summary>
+    public void Dispose() => _optimizer.Dispose();
+}
