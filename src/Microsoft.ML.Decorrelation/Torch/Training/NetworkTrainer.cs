@@ -79,6 +79,8 @@ public sealed class NetworkTrainer
         ArgumentNullException.ThrowIfNull(train);
         if (train.Count == 0)
             throw new ArgumentException("The training set is empty.", nameof(train));
+        if (_options.EarlyStoppingPatience > 0 && test is null)
+            throw new ArgumentException("Early stopping needs a test (validation) set to measure accuracy on.", nameof(test));
         var options = _options;
         int batchesPerEpoch = (int)((train.Count + options.BatchSize - 1) / options.BatchSize);
         using var session = CreateSession(network, batchesPerEpoch);
@@ -86,6 +88,7 @@ public sealed class NetworkTrainer
         var order = new Random(options.Seed);
         var evaluationSteps = EvaluationSteps(batchesPerEpoch, options.EvaluationsPerEpoch);
         var history = new List<TrainingMetrics>();
+        using var best = new BestWeights(network);
         var clock = new Stopwatch();
         double lossSum = 0;
         int lossCount = 0;
@@ -128,8 +131,51 @@ public sealed class NetworkTrainer
                 history.Add(metrics);
                 onMetrics?.Invoke(metrics);
             }
+            if (options.EarlyStoppingPatience > 0 && best.Offer(epoch, history[^1].TestAccuracy!.Value) && epoch - best.Epoch >= options.EarlyStoppingPatience)
+                break;
         }
+        if (options.EarlyStoppingPatience > 0)
+            best.Restore();
         return history;
+    }
+
+    /// <summary>A copy of the weights of the epoch with the best test accuracy, for early stopping.</summary>
+    private sealed class BestWeights(nn.Module<Tensor, Tensor> network) : IDisposable
+    {
+        private Dictionary<string, Tensor>? _state;
+        private double _accuracy = double.NegativeInfinity;
+
+        public int Epoch { get; private set; }
+
+        /// <summary>Keeps the weights if <paramref name="accuracy"/> is the best so far; returns whether it was not.</summary>
+        public bool Offer(int epoch, double accuracy)
+        {
+            if (accuracy <= _accuracy)
+                return true;
+            Dispose();
+            _accuracy = accuracy;
+            Epoch = epoch;
+            using var noGrad = no_grad();
+            _state = network.state_dict().ToDictionary(entry => entry.Key, entry => entry.Value.detach().clone().DetachFromDisposeScope());
+            return false;
+        }
+
+        public void Restore()
+        {
+            if (_state is null)
+                return;
+            using var noGrad = no_grad();
+            var current = network.state_dict();
+            foreach (var (name, value) in _state)
+                current[name].copy_(value);
+        }
+
+        public void Dispose()
+        {
+            foreach (var tensor in _state?.Values ?? Enumerable.Empty<Tensor>())
+                tensor.Dispose();
+            _state = null;
+        }
     }
 
     /// <summary>Accuracy of <paramref name="network"/> on <paramref name="data"/>, in eval mode and without gradients.</summary>

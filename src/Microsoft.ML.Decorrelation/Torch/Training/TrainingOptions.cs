@@ -66,6 +66,12 @@ public sealed class TrainingOptions
     /// <summary>Seed of the initial weights, the batch order and the statistics samples. Default 0.</summary>
     public int Seed { get; set; }
 
+    /// <summary>
+    /// Stop when the test accuracy at the end of an epoch has not improved for this many epochs, and
+    /// restore the weights of the best epoch; 0 (the default) trains every epoch. Needs a test set.
+    /// </summary>
+    public int EarlyStoppingPatience { get; set; }
+
     /// <summary>Test-set evaluations per epoch (at equal step intervals; the last at the epoch's end). Default 1.</summary>
     public int EvaluationsPerEpoch { get; set; } = 1;
 
@@ -100,6 +106,8 @@ public sealed class TrainingOptions
         Positive(EvaluationsPerEpoch, nameof(EvaluationsPerEpoch));
         Positive(EvaluationBatchSize, nameof(EvaluationBatchSize));
         Positive(StepDecayEpochs, nameof(StepDecayEpochs));
+        if (EarlyStoppingPatience < 0)
+            throw new ArgumentOutOfRangeException(nameof(EarlyStoppingPatience), EarlyStoppingPatience, "The early stopping patience must not be negative.");
         if (!(LearningRate > 0) || double.IsInfinity(LearningRate))
             throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "The learning rate must be positive and finite.");
         if (!(Momentum >= 0 && Momentum < 1))

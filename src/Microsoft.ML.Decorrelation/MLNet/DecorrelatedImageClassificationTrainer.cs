@@ -1,0 +1,351 @@
+using System.Diagnostics;
+using Microsoft.ML.Data;
+using Microsoft.ML.Decorrelation.MLNet.Internals;
+using Microsoft.ML.Decorrelation.Torch;
+using Microsoft.ML.Decorrelation.Torch.Data;
+using Microsoft.ML.Decorrelation.Torch.Training;
+using Microsoft.ML.Runtime;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation;
+
+/// <summary>
+/// Trains a convolutional network for multiclass image classification with decorrelated
+/// backpropagation (DBP): a learned decorrelation matrix in front of every convolution and linear layer
+/// (Dalm et al., "Efficient Deep Learning with Decorrelated Backpropagation"). With
+/// <see cref="Options.UseDecorrelation"/> false it trains the same network with plain backpropagation.
+/// </summary>
+/// <remarks>
+/// <para>Input: a key-typed label column (the number of classes is the key type's count; rows with a
+/// missing label are skipped and counted in the log) and a feature column that is a known-size float
+/// vector of pixels (ExtractPixels, dimensions [C, H, W]), an image (LoadImages) or encoded image bytes
+/// (LoadRawImageBytes).</para>
+/// <para>Pixels are standardised per channel with the mean and standard deviation of the training
+/// images; both are stored in the model and applied when scoring. Images from LoadImages or
+/// LoadRawImageBytes are read as values in [0, 255] (R, G, B planes, or luminance for
+/// <see cref="Options.ImageChannels"/> = 1).</para>
+/// <para>Output: <c>Score</c>, the class probabilities (softmax), and <c>PredictedLabel</c>, a key with the
+/// label's key values, as ML.NET's multiclass evaluator expects.</para>
+/// </remarks>
+public sealed class DecorrelatedImageClassificationTrainer : IEstimator<DecorrelatedImageClassificationTransformer>
+{
+    /// <summary>Options of <see cref="DecorrelatedImageClassificationTrainer"/>.</summary>
+    public sealed class Options
+    {
+        /// <summary>The label column: a key type. Default "Label".</summary>
+        public string LabelColumnName = "Label";
+
+        /// <summary>The feature column: pixels, an image or encoded image bytes. Default "Features".</summary>
+        public string FeatureColumnName = "Features";
+
+        /// <summary>The output column of class probabilities. Default "Score".</summary>
+        public string ScoreColumnName = "Score";
+
+        /// <summary>The output column of predicted label keys. Default "PredictedLabel".</summary>
+        public string PredictedLabelColumnName = "PredictedLabel";
+
+        /// <summary>The network. Default <see cref="CnnArchitecture.SmallCnn"/>.</summary>
+        public CnnArchitecture Architecture = CnnArchitecture.SmallCnn;
+
+        /// <summary>
+        /// Image channels: for a float vector without dimensions, its channel count; for images, 1 (grayscale)
+        /// or 3 (RGB, the default). 0 = infer.
+        /// </summary>
+        public int ImageChannels;
+
+        /// <summary>Image height, needed only for a float vector without dimensions; for images, the size expected (0 = that of the first image).</summary>
+        public int ImageHeight;
+
+        /// <summary>Image width; see <see cref="ImageHeight"/>.</summary>
+        public int ImageWidth;
+
+        /// <summary>Passes over the training data. Default 10.</summary>
+        public int MaxEpoch = 10;
+
+        /// <summary>Images per training step. Default 64.</summary>
+        public int BatchSize = 64;
+
+        /// <summary>Adam learning rate of the weights. Default 1e-3.</summary>
+        public double LearningRate = 1e-3;
+
+        /// <summary>L2 weight decay. Default 0.</summary>
+        public double WeightDecay;
+
+        /// <summary>How the learning rate changes over training. Default constant.</summary>
+        public LearningRateSchedule LearningRateSchedule = LearningRateSchedule.Constant;
+
+        /// <summary>True (the default) trains with decorrelated backpropagation; false with plain backpropagation, all else equal.</summary>
+        public bool UseDecorrelation = true;
+
+        /// <summary>Learning rate of the decorrelation matrices. Default 1e-3.</summary>
+        public double DecorrelationLearningRate = new DecorrelationOptions().LearningRate;
+
+        /// <summary>κ ∈ [0, 1]: weight of variance normalisation against decorrelation. Default 0.01.</summary>
+        public double Kappa = new DecorrelationOptions().Kappa;
+
+        /// <summary>Fraction of each batch, in (0, 1], whose patches feed the convolutions' decorrelation statistics. Default 0.1; linear layers use the whole batch.</summary>
+        public double DecorrelationSampleFraction = new DecorrelationOptions().ConvolutionSampleFraction;
+
+        /// <summary>Data to measure accuracy on after each epoch; null for none (see <see cref="ValidationFraction"/>).</summary>
+        public IDataView? ValidationSet;
+
+        /// <summary>Without a <see cref="ValidationSet"/>: the fraction in [0, 1) of the training rows held out (at random) for validation. Default 0.</summary>
+        public double ValidationFraction;
+
+        /// <summary>Stop when validation accuracy has not improved for this many epochs and keep the best epoch's weights; 0 (the default) = off.</summary>
+        public int EarlyStoppingPatience;
+
+        /// <summary>Receives the metrics of each epoch, or null.</summary>
+        public Action<DecorrelatedImageClassificationMetrics>? MetricsCallback;
+
+        /// <summary>Seed of weights, batch order and sampling; null = the MLContext's seed (random when it has none).</summary>
+        public int? Seed;
+    }
+
+    private readonly IHost _host;
+    private readonly Options _options;
+
+    internal DecorrelatedImageClassificationTrainer(IHostEnvironment environment, Options options)
+    {
+        Contracts.CheckValue(environment, nameof(environment));
+        _host = environment.Register(nameof(DecorrelatedImageClassificationTrainer));
+        _host.CheckValue(options, nameof(options));
+        Validate(options);
+        _options = options;
+    }
+
+    /// <summary>The trainer's options (the object given at construction).</summary>
+    public Options TrainerOptions => _options;
+
+    /// <summary>The input schema plus <c>Score</c> (float vector) and <c>PredictedLabel</c> (key).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The label or feature column is missing or has an unusable type.</exception>
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        _host.CheckValue(inputSchema, nameof(inputSchema));
+        if (!inputSchema.TryFindColumn(_options.LabelColumnName, out var label))
+            throw new ArgumentOutOfRangeException(nameof(inputSchema), $"Label column '{_options.LabelColumnName}' was not found in the input.");
+        if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar)
+            throw new ArgumentOutOfRangeException(nameof(inputSchema),
+                $"Label column '{_options.LabelColumnName}' must be a key (use mlContext.Transforms.Conversion.MapValueToKey); it is {label.ItemType} ({label.Kind}).");
+        if (!inputSchema.TryFindColumn(_options.FeatureColumnName, out var feature))
+            throw new ArgumentOutOfRangeException(nameof(inputSchema), $"Feature column '{_options.FeatureColumnName}' was not found in the input.");
+        ImageInput.CheckShape(feature);
+
+        var columns = inputSchema.ToDictionary(c => c.Name);
+        var scoreAnnotations = new List<SchemaShape.Column>
+        {
+            MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.ScoreColumnKind, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false),
+            MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.ScoreValueKind, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false),
+            MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.ScoreColumnSetId, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.UInt32, true),
+        };
+        var labelAnnotations = new List<SchemaShape.Column>(scoreAnnotations);
+        if (label.Annotations.TryFindColumn(MLNetInternals.AnnotationKinds.KeyValues, out var keyValues))
+        {
+            scoreAnnotations.Add(MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.SlotNames, SchemaShape.Column.VectorKind.Vector, TextDataViewType.Instance, false));
+            labelAnnotations.Add(MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.KeyValues, SchemaShape.Column.VectorKind.Vector, TextDataViewType.Instance, false));
+        }
+        columns[_options.ScoreColumnName] = MLNetInternals.ShapeColumn(_options.ScoreColumnName, SchemaShape.Column.VectorKind.Vector,
+            NumberDataViewType.Single, false, new SchemaShape(scoreAnnotations));
+        columns[_options.PredictedLabelColumnName] = MLNetInternals.ShapeColumn(_options.PredictedLabelColumnName, SchemaShape.Column.VectorKind.Scalar,
+            NumberDataViewType.UInt32, true, new SchemaShape(labelAnnotations));
+        return new SchemaShape(columns.Values);
+    }
+
+    /// <summary>Trains the network on <paramref name="input"/> and returns the fitted transformer.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A column is missing or has an unusable type.</exception>
+    /// <exception cref="ArgumentException">The data cannot train a classifier (no usable rows, a single class).</exception>
+    /// <exception cref="TrainingDivergedException">Training produced a non-finite loss or decorrelation matrix.</exception>
+    /// <exception cref="OperationCanceledException"><c>mlContext.CancelExecution()</c> was called.</exception>
+    public DecorrelatedImageClassificationTransformer Fit(IDataView input)
+    {
+        _host.CheckValue(input, nameof(input));
+        var options = _options;
+        var labelColumn = input.Schema.GetColumnOrNull(options.LabelColumnName)
+            ?? throw new ArgumentOutOfRangeException(nameof(input), $"Label column '{options.LabelColumnName}' was not found in the input.");
+        if (labelColumn.Type is not KeyDataViewType keyType || keyType.RawType != typeof(uint))
+            throw new ArgumentOutOfRangeException(nameof(input),
+                $"Label column '{options.LabelColumnName}' must be a key (use mlContext.Transforms.Conversion.MapValueToKey); it is {labelColumn.Type}.");
+        if (keyType.Count < 2 || keyType.Count > int.MaxValue)
+            throw new ArgumentException($"Label column '{options.LabelColumnName}' has {keyType.Count} classes; a classifier needs at least 2.", nameof(input));
+        int classCount = (int)keyType.Count;
+        var featureColumn = input.Schema.GetColumnOrNull(options.FeatureColumnName)
+            ?? throw new ArgumentOutOfRangeException(nameof(input), $"Feature column '{options.FeatureColumnName}' was not found in the input.");
+        var imageInput = ImageInput.Create(input, featureColumn, options.ImageChannels, options.ImageHeight, options.ImageWidth);
+        CheckArchitectureFits(imageInput.Shape);
+        var classNames = ClassNames(labelColumn, classCount);
+
+        using var channel = _host.Start(nameof(DecorrelatedImageClassificationTrainer));
+        void CheckAlive() => MLNetInternals.CheckAlive(_host);
+
+        var clock = Stopwatch.StartNew();
+        var (train, skipped) = TrainingDataReader.Read(input, imageInput, options.LabelColumnName, classCount, CheckAlive);
+        using var trainData = train;
+        if (skipped > 0)
+            channel.Warning($"Skipped {skipped} training rows whose label '{options.LabelColumnName}' is missing.");
+        if (train.Count == 0)
+            throw new ArgumentException($"The training data has no row with a label in '{options.LabelColumnName}'.", nameof(input));
+        channel.Info($"Read {train.Count} training images of {imageInput.Shape} in {clock.Elapsed.TotalSeconds:F1} s.");
+
+        using var validation = ReadValidation(input, imageInput, classCount, trainData, channel, CheckAlive, out var trainPart);
+        using var trainSet = trainPart;
+        var (mean, deviation) = trainSet.ChannelStatistics();
+        for (int c = 0; c < deviation.Length; c++)
+            deviation[c] = deviation[c] > 1e-6f && float.IsFinite(deviation[c]) ? deviation[c] : 1f;
+        trainSet.Normalize(mean, deviation);
+        validation?.Normalize(mean, deviation);
+
+        var (gpu, fallback) = MLNetInternals.GetDeviceRequest(_host);
+        var device = TorchDevices.Select(gpu, fallback);
+        var trainingOptions = new TrainingOptions
+        {
+            Epochs = options.MaxEpoch,
+            BatchSize = options.BatchSize,
+            LearningRate = options.LearningRate,
+            WeightDecay = options.WeightDecay,
+            Schedule = options.LearningRateSchedule,
+            EarlyStoppingPatience = options.EarlyStoppingPatience,
+            Seed = options.Seed ?? MLNetInternals.GetSeed(_host) ?? Random.Shared.Next(),
+            Device = device,
+            Decorrelation = new DecorrelationOptions
+            {
+                LearningRate = options.DecorrelationLearningRate,
+                Kappa = options.Kappa,
+                ConvolutionSampleFraction = options.DecorrelationSampleFraction,
+            },
+        };
+        channel.Info($"Training {options.Architecture} with {(options.UseDecorrelation ? "decorrelated backpropagation" : "backpropagation")} " +
+                     $"on {device.type}, {trainSet.Count} images, {classCount} classes, {options.MaxEpoch} epochs, seed {trainingOptions.Seed}.");
+
+        var network = NetworkTrainer.CreateNetwork(d => ImageClassifierNetwork.Build(options.Architecture, imageInput.Shape, classCount, d),
+            trainingOptions, options.UseDecorrelation);
+        try
+        {
+            new NetworkTrainer(trainingOptions).Train(network, trainSet, validation,
+                onMetrics: m =>
+                {
+                    var metrics = new DecorrelatedImageClassificationMetrics
+                    {
+                        Epoch = (int)Math.Round(m.Epoch),
+                        TrainLoss = m.TrainLoss,
+                        ValidationAccuracy = m.TestAccuracy,
+                        Seconds = m.TrainingSeconds,
+                        DecorrelationLoss = m.DecorrelationLoss.Count == 0 ? null : m.DecorrelationLoss.Values.Average(),
+                        LayerDecorrelationLoss = m.DecorrelationLoss,
+                    };
+                    channel.Info(metrics.ToString());
+                    options.MetricsCallback?.Invoke(metrics);
+                },
+                onStep: _ => CheckAlive());
+            var plain = options.UseDecorrelation ? NetworkConversion.ToPlain(network) : network;
+            if (!ReferenceEquals(plain, network))
+                network.Dispose();
+            network = plain;
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+        var model = new ImageClassifierNetwork(network, options.Architecture, imageInput.Shape, classCount, mean, deviation, device);
+        return new DecorrelatedImageClassificationTransformer(_host, model, imageInput, options.LabelColumnName, options.ScoreColumnName,
+            options.PredictedLabelColumnName, classNames);
+    }
+
+    private ImageDataset? ReadValidation(IDataView input, ImageInput imageInput, int classCount, ImageDataset train, IChannel channel, Action checkAlive,
+        out ImageDataset trainPart)
+    {
+        var options = _options;
+        if (options.ValidationSet is { } validationSet)
+        {
+            var label = validationSet.Schema.GetColumnOrNull(options.LabelColumnName);
+            if (label?.Type is not KeyDataViewType key || key.Count != (ulong)classCount)
+                throw new ArgumentOutOfRangeException(nameof(options.ValidationSet),
+                    $"The validation set's label column '{options.LabelColumnName}' must be a key of {classCount} classes, like the training data's.");
+            var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive);
+            if (skipped > 0)
+                channel.Warning($"Skipped {skipped} validation rows whose label is missing.");
+            trainPart = train.Slice(0, train.Count);
+            return validation;
+        }
+        if (options.ValidationFraction > 0)
+        {
+            long held = (long)Math.Round(train.Count * options.ValidationFraction);
+            if (held < 1 || held >= train.Count)
+                throw new ArgumentOutOfRangeException(nameof(options.ValidationFraction), options.ValidationFraction,
+                    $"A validation fraction of {options.ValidationFraction} of {train.Count} rows leaves no validation or no training rows.");
+            using var scope = NewDisposeScope();
+            random.manual_seed(options.Seed ?? 0);
+            var order = randperm(train.Count);
+            var validation = new ImageDataset(train.Images.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(),
+                train.Labels.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(), classCount);
+            trainPart = new ImageDataset(train.Images.index_select(0, order.narrow(0, held, train.Count - held)).DetachFromDisposeScope(),
+                train.Labels.index_select(0, order.narrow(0, held, train.Count - held)).DetachFromDisposeScope(), classCount);
+            channel.Info($"Holding out {held} of {train.Count} training images for validation.");
+            return validation;
+        }
+        if (options.EarlyStoppingPatience > 0)
+            throw new ArgumentOutOfRangeException(nameof(options.EarlyStoppingPatience), options.EarlyStoppingPatience,
+                "Early stopping needs a ValidationSet or a ValidationFraction above 0.");
+        trainPart = train.Slice(0, train.Count);
+        return null;
+    }
+
+    private void CheckArchitectureFits(ImageShape shape)
+    {
+        long minimum = _options.Architecture == CnnArchitecture.SmallCnn ? Torch.Architectures.NetworkBuilder.SmallCnnMinimumSize : 1;
+        if (shape.Height < minimum || shape.Width < minimum)
+            throw new ArgumentOutOfRangeException(nameof(Options.Architecture),
+                $"{_options.Architecture} needs images of at least {minimum}×{minimum} pixels; column '{_options.FeatureColumnName}' holds {shape.Width}×{shape.Height}.");
+    }
+
+    private static ReadOnlyMemory<char>[]? ClassNames(DataViewSchema.Column label, int classCount)
+    {
+        var keyValues = label.Annotations.Schema.GetColumnOrNull(MLNetInternals.AnnotationKinds.KeyValues);
+        if (keyValues?.Type is not VectorDataViewType vector)
+            return null;
+        if (vector.ItemType is TextDataViewType)
+        {
+            VBuffer<ReadOnlyMemory<char>> names = default;
+            label.Annotations.GetValue(MLNetInternals.AnnotationKinds.KeyValues, ref names);
+            return names.DenseValues().Take(classCount).ToArray();
+        }
+        // Key values of another type (numbers, booleans) become text names.
+        var method = typeof(DecorrelatedImageClassificationTrainer).GetMethod(nameof(NamesAsText), System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Static)!
+            .MakeGenericMethod(vector.ItemType.RawType);
+        return (ReadOnlyMemory<char>[])method.Invoke(null, [label, classCount])!;
+    }
+
+    private static ReadOnlyMemory<char>[] NamesAsText<T>(DataViewSchema.Column label, int classCount)
+    {
+        VBuffer<T> values = default;
+        label.Annotations.GetValue(MLNetInternals.AnnotationKinds.KeyValues, ref values);
+        return values.DenseValues().Take(classCount).Select(v => (v?.ToString() ?? "").AsMemory()).ToArray();
+    }
+
+    private static void Validate(Options options)
+    {
+        static void Check(bool ok, string name, object value, string rule)
+        {
+            if (!ok)
+                throw new ArgumentOutOfRangeException(name, value, $"Option {name} = {value}: {rule}");
+        }
+        foreach (var (name, value) in new[] { (nameof(Options.LabelColumnName), options.LabelColumnName), (nameof(Options.FeatureColumnName), options.FeatureColumnName),
+                     (nameof(Options.ScoreColumnName), options.ScoreColumnName), (nameof(Options.PredictedLabelColumnName), options.PredictedLabelColumnName) })
+            Check(!string.IsNullOrWhiteSpace(value), name, value ?? "null", "a column name must not be empty.");
+        Check(Enum.IsDefined(options.Architecture), nameof(Options.Architecture), options.Architecture, "unknown architecture.");
+        Check(options.ImageChannels >= 0 && options.ImageHeight >= 0 && options.ImageWidth >= 0, nameof(Options.ImageChannels),
+            $"{options.ImageChannels}×{options.ImageHeight}×{options.ImageWidth}", "image sizes must not be negative (0 = infer).");
+        Check(options.MaxEpoch >= 1, nameof(Options.MaxEpoch), options.MaxEpoch, "must be at least 1.");
+        Check(options.BatchSize >= 1, nameof(Options.BatchSize), options.BatchSize, "must be at least 1.");
+        Check(options.LearningRate > 0 && double.IsFinite(options.LearningRate), nameof(Options.LearningRate), options.LearningRate, "must be positive and finite.");
+        Check(options.WeightDecay >= 0 && double.IsFinite(options.WeightDecay), nameof(Options.WeightDecay), options.WeightDecay, "must be non-negative and finite.");
+        Check(options.DecorrelationLearningRate > 0 && double.IsFinite(options.DecorrelationLearningRate), nameof(Options.DecorrelationLearningRate),
+            options.DecorrelationLearningRate, "must be positive and finite.");
+        Check(options.Kappa >= 0 && options.Kappa <= 1, nameof(Options.Kappa), options.Kappa, "must lie in [0, 1].");
+        Check(options.DecorrelationSampleFraction > 0 && options.DecorrelationSampleFraction <= 1, nameof(Options.DecorrelationSampleFraction),
+            options.DecorrelationSampleFraction, "must lie in (0, 1].");
+        Check(options.ValidationFraction >= 0 && options.ValidationFraction < 1, nameof(Options.ValidationFraction), options.ValidationFraction, "must lie in [0, 1).");
+        Check(options.EarlyStoppingPatience >= 0, nameof(Options.EarlyStoppingPatience), options.EarlyStoppingPatience, "must not be negative.");
+        Check(Enum.IsDefined(options.LearningRateSchedule), nameof(Options.LearningRateSchedule), options.LearningRateSchedule, "unknown schedule.");
+    }
+}
