@@ -14,7 +14,7 @@ namespace Microsoft.ML.Decorrelation.Samples;
 /// </summary>
 internal static class BenchCommand
 {
-    public static Command Create()
+    public static System.CommandLine.Command Create()
     {
         var caseOption = new Option<string>("--case") { Description = "small-cnn or resnet18.", DefaultValueFactory = _ => "small-cnn" };
         caseOption.AcceptOnlyFromAmong("small-cnn", "resnet18");
@@ -23,7 +23,7 @@ internal static class BenchCommand
         var batchSize = new Option<int?>("--batch-size") { Description = "Images per step (default 128 for small-cnn, 64 for resnet18)." };
         var threads = new Option<int>("--threads") { Description = "CPU threads for Torch.", DefaultValueFactory = _ => Environment.ProcessorCount };
         var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files (default: the Debian package's)." };
-        var command = new Command("bench", "Step time of backprop against DBP, interleaved, medians and ratio.")
+        var command = new System.CommandLine.Command("bench", "Step time of backprop against DBP, interleaved, medians and ratio.")
         {
             caseOption, steps, warmup, batchSize, threads, data,
         };
@@ -38,7 +38,7 @@ internal static class BenchCommand
 
     private static int Run(string benchCase, int steps, int warmup, int batchSize, int threads, string? data)
     {
-        using var train = FashionMnistFiles.Load(FashionMnistFiles.Locate(data), train: true, limit: (steps + warmup) * batchSize);
+        using var train = FashionMnistSource.Load(new FashionMnistSource().Locate(data), train: true, limit: (steps + warmup) * batchSize);
         var (mean, deviation) = train.ChannelStatistics();
         train.Normalize(mean, deviation);
         var options = new TrainingOptions { BatchSize = batchSize, Threads = threads, Epochs = 1 };

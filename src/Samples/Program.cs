@@ -1,7 +1,43 @@
 using System.CommandLine;
+using Microsoft.ML.Decorrelation;
 using Microsoft.ML.Decorrelation.Samples;
+using Spectre.Console;
 
-var root = new RootCommand("Decorrelated backpropagation (DBP) against plain backpropagation on Fashion-MNIST.");
-CompareCommand.Configure(root);
+var epochs = new Option<int>("--epochs") { Description = "Epochs per arm.", DefaultValueFactory = _ => 5 };
+var architecture = new Option<CnnArchitecture>("--arch") { Description = "Network: SmallCnn, ResNet18, ResNet34 or ResNet50.", DefaultValueFactory = _ => CnnArchitecture.SmallCnn };
+var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => 128 };
+var data = new Option<string?>("--data") { Description = "A folder with the four Fashion-MNIST IDX files (default: Debian package, cache, download, shipped subset)." };
+var seed = new Option<int>("--seed") { Description = "Seed of weights, batch order and sampling.", DefaultValueFactory = _ => 0 };
+var learningRate = new Option<double>("--lr") { Description = "Adam learning rate of both arms.", DefaultValueFactory = _ => 1e-3 };
+var decorrelationRate = new Option<double>("--eta-r") { Description = "DBP: learning rate of the decorrelation matrices.", DefaultValueFactory = _ => new MainJobSettings().DecorrelationLearningRate };
+var kappa = new Option<double>("--kappa") { Description = "DBP: weight of variance normalisation, in [0, 1].", DefaultValueFactory = _ => new MainJobSettings().Kappa };
+var sampleFraction = new Option<double>("--sample-fraction") { Description = "DBP: fraction of each batch feeding the convolutions' statistics.", DefaultValueFactory = _ => new MainJobSettings().SampleFraction };
+var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
+var report = new Option<string>("--report") { Description = "Folder for the model, charts and JSON.", DefaultValueFactory = _ => "report" };
+
+var root = new RootCommand("Decorrelated backpropagation (DBP) against plain backpropagation on Fashion-MNIST, through ML.NET.")
+{
+    epochs, architecture, batchSize, data, seed, learningRate, decorrelationRate, kappa, sampleFraction, limit, report,
+};
+root.SetAction(result =>
+{
+    new MainJob(AnsiConsole.Console, new FashionMnistSource()).Run(new MainJobSettings
+    {
+        Epochs = result.GetValue(epochs),
+        Architecture = result.GetValue(architecture),
+        BatchSize = result.GetValue(batchSize),
+        Data = result.GetValue(data),
+        Seed = result.GetValue(seed),
+        LearningRate = result.GetValue(learningRate),
+        DecorrelationLearningRate = result.GetValue(decorrelationRate),
+        Kappa = result.GetValue(kappa),
+        SampleFraction = result.GetValue(sampleFraction),
+        TrainLimit = result.GetValue(limit),
+        ReportFolder = result.GetValue(report)!,
+    });
+    return 0;
+});
+root.Subcommands.Add(ImageFolderCommands.Train());
+root.Subcommands.Add(ImageFolderCommands.Predict());
 root.Subcommands.Add(BenchCommand.Create());
 return root.Parse(args).Invoke();

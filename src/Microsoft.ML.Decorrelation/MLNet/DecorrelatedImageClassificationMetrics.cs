@@ -27,3 +27,11 @@ public sealed class DecorrelatedImageClassificationMetrics
            (ValidationAccuracy is double accuracy ? $", validation accuracy {accuracy:P2}" : "") +
            $", {Seconds:F1} s" + (DecorrelationLoss is double loss ? $", decorrelation loss {loss:E2}" : "");
 }
+
+/// <summary>Progress of one training step of <see cref="DecorrelatedImageClassificationTrainer"/>.</summary>
+/// <param name="Epoch">The current epoch, from 1.</param>
+/// <param name="Batch">Batches done in this epoch.</param>
+/// <param name="BatchesPerEpoch">Batches in one epoch.</param>
+/// <param name="Loss">This batch's training loss.</param>
+/// <param name="Seconds">Training wall-clock seconds since the start of training.</param>
+public readonly record struct DecorrelatedImageClassificationProgress(int Epoch, int Batch, int BatchesPerEpoch, double Loss, double Seconds);

@@ -98,6 +98,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>Receives the metrics of each epoch, or null.</summary>
         public Action<DecorrelatedImageClassificationMetrics>? MetricsCallback;
 
+        /// <summary>Receives the progress of every training step (for progress bars), or null. Called on the training thread.</summary>
+        public Action<DecorrelatedImageClassificationProgress>? ProgressCallback;
+
         /// <summary>Seed of weights, batch order and sampling; null = the MLContext's seed (random when it has none).</summary>
         public int? Seed;
     }
@@ -235,7 +238,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                     channel.Info(metrics.ToString());
                     options.MetricsCallback?.Invoke(metrics);
                 },
-                onStep: _ => CheckAlive());
+                onStep: step =>
+                {
+                    CheckAlive();
+                    options.ProgressCallback?.Invoke(new DecorrelatedImageClassificationProgress(step.Epoch, step.Batch, step.BatchesPerEpoch, step.Loss, step.TrainingSeconds));
+                });
             var plain = options.UseDecorrelation ? NetworkConversion.ToPlain(network) : network;
             if (!ReferenceEquals(plain, network))
                 network.Dispose();

@@ -1,0 +1,122 @@
+using System.CommandLine;
+using Microsoft.ML.Data;
+using Spectre.Console;
+
+namespace Microsoft.ML.Decorrelation.Samples;
+
+/// <summary>
+/// <c>train --images DIR</c>: one sub-folder per class, any image size; <c>predict --model M IMAGE...</c>:
+/// class and probability of each image, from a fresh process.
+/// </summary>
+internal static class ImageFolderCommands
+{
+    private static readonly string[] ImageExtensions = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"];
+
+    private sealed class ImageRow
+    {
+        public string ImagePath { get; set; } = "";
+
+        public string Label { get; set; } = "";
+    }
+
+    public static System.CommandLine.Command Train()
+    {
+        var images = new Option<DirectoryInfo>("--images") { Description = "A folder with one sub-folder of images per class.", Required = true };
+        var model = new Option<FileInfo>("--model") { Description = "Where to save the model.", DefaultValueFactory = _ => new FileInfo("model.zip") };
+        var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 10 };
+        var size = new Option<int>("--size") { Description = "Images are resized to SIZE×SIZE.", DefaultValueFactory = _ => 32 };
+        var architecture = new Option<CnnArchitecture>("--arch") { Description = "Network.", DefaultValueFactory = _ => CnnArchitecture.SmallCnn };
+        var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => 64 };
+        var plain = new Option<bool>("--backprop") { Description = "Train with plain backpropagation instead of DBP." };
+        var command = new System.CommandLine.Command("train", "Train an image classifier on a folder of class sub-folders and save it.") { images, model, epochs, size, architecture, batchSize, plain };
+        command.SetAction(result => RunTrain(AnsiConsole.Console, result.GetValue(images)!, result.GetValue(model)!, result.GetValue(epochs), result.GetValue(size),
+            result.GetValue(architecture), result.GetValue(batchSize), !result.GetValue(plain)));
+        return command;
+    }
+
+    public static System.CommandLine.Command Predict()
+    {
+        var model = new Option<FileInfo>("--model") { Description = "A model saved by train or by the main job.", Required = true };
+        var images = new Argument<FileInfo[]>("images") { Description = "Image files to classify.", Arity = ArgumentArity.OneOrMore };
+        var command = new System.CommandLine.Command("predict", "Classify images with a saved model.") { model, images };
+        command.SetAction(result => RunPredict(AnsiConsole.Console, result.GetValue(model)!, result.GetValue(images)!));
+        return command;
+    }
+
+    internal static int RunTrain(IAnsiConsole console, DirectoryInfo folder, FileInfo modelFile, int epochs, int size, CnnArchitecture architecture, int batchSize, bool decorrelate)
+    {
+        if (!folder.Exists)
+            throw new DirectoryNotFoundException($"--images: '{folder.FullName}' does not exist.");
+        var rows = folder.GetDirectories().OrderBy(d => d.Name, StringComparer.Ordinal)
+            .SelectMany(classFolder => classFolder.EnumerateFiles("*", SearchOption.AllDirectories)
+                .Where(file => ImageExtensions.Contains(file.Extension.ToLowerInvariant()))
+                .Select(file => new ImageRow { ImagePath = file.FullName, Label = classFolder.Name }))
+            .ToArray();
+        var classes = rows.Select(r => r.Label).Distinct().Count();
+        if (classes < 2)
+            throw new InvalidOperationException($"--images: '{folder.FullName}' must hold at least two sub-folders with images (found {classes}).");
+        console.MarkupLineInterpolated($"{rows.Length} images in {classes} classes from {folder.FullName}.");
+
+        var ml = new MLContext(seed: 0);
+        var data = ml.Data.ShuffleRows(ml.Data.LoadFromEnumerable(rows), seed: 0);
+        var labels = ml.Transforms.Conversion.MapValueToKey("Label").Fit(data);
+        var options = new DecorrelatedImageClassificationTrainer.Options
+        {
+            Architecture = architecture,
+            MaxEpoch = epochs,
+            BatchSize = batchSize,
+            UseDecorrelation = decorrelate,
+            ValidationFraction = rows.Length >= 50 ? 0.1 : 0,
+            MetricsCallback = m => console.MarkupLineInterpolated($"{m}"),
+        };
+        // The saved pipeline starts from ImagePath alone, so predict needs no label column.
+        var pipeline = ml.Transforms.LoadImages("Image", imageFolder: null, inputColumnName: "ImagePath")
+            .Append(ml.Transforms.ResizeImages("Image", size, size))
+            .Append(ml.Transforms.ExtractPixels("Features", "Image"))
+            .Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options))
+            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
+        var model = pipeline.Fit(labels.Transform(data));
+        ml.Model.Save(model, data.Schema, modelFile.FullName);
+        console.MarkupLineInterpolated($"Saved the model to {modelFile.FullName}.");
+        return 0;
+    }
+
+    internal static int RunPredict(IAnsiConsole console, FileInfo modelFile, FileInfo[] images)
+    {
+        if (!modelFile.Exists)
+            throw new FileNotFoundException($"--model: '{modelFile.FullName}' does not exist.");
+        foreach (var image in images.Where(i => !i.Exists))
+            throw new FileNotFoundException($"Image '{image.FullName}' does not exist.");
+        var ml = new MLContext();
+        var model = ml.Model.Load(modelFile.FullName, out var inputSchema);
+        var rows = ml.Data.LoadFromEnumerable(images.Select(i => new ImageRow { ImagePath = i.FullName }));
+        IDataView input;
+        if (inputSchema.GetColumnOrNull("ImagePath") is not null)
+        {
+            input = rows;
+        }
+        else if (inputSchema.GetColumnOrNull("Features")?.Type is VectorDataViewType { Dimensions.Length: 3 } pixels)
+        {
+            // A model trained on pixel vectors (the main job): make the vectors from the images the same way.
+            int channels = pixels.Dimensions[0], height = pixels.Dimensions[1], width = pixels.Dimensions[2];
+            input = ml.Transforms.LoadImages("Image", imageFolder: null, inputColumnName: "ImagePath")
+                .Append(ml.Transforms.ResizeImages("Image", width, height))
+                .Append(ml.Transforms.ExtractPixels("Features", "Image", colorsToExtract: channels == 1
+                    ? Transforms.Image.ImagePixelExtractingEstimator.ColorBits.Red
+                    : Transforms.Image.ImagePixelExtractingEstimator.ColorBits.Rgb))
+                .Fit(rows).Transform(rows);
+        }
+        else
+        {
+            throw new InvalidOperationException($"The model in '{modelFile.FullName}' takes neither an ImagePath column nor a Features pixel vector with dimensions.");
+        }
+        var scored = model.Transform(input);
+        var predicted = scored.GetColumn<string>("PredictedLabel").ToArray();
+        var scores = scored.GetColumn<float[]>("Score").ToArray();
+        var table = new Table().AddColumns("Image", "Class", "Probability");
+        for (int i = 0; i < images.Length; i++)
+            table.AddRow(Markup.Escape(images[i].Name), Markup.Escape(predicted[i]), $"{scores[i].Max():P1}");
+        console.Write(table);
+        return 0;
+    }
+}

@@ -1,0 +1,183 @@
+using System.Net;
+using System.Text.Json;
+using Microsoft.ML.Decorrelation.Samples;
+using Microsoft.VisualStudio.TestTools.UnitTesting;
+using Spectre.Console;
+
+namespace Microsoft.ML.Decorrelation.Tests;
+
+/// <summary>The samples' data-source chain, main job, train and predict commands.</summary>
+[TestClass]
+public class SamplesTests
+{
+    private string _folder = "";
+
+    [TestInitialize]
+    public void CreateFolder() => _folder = Directory.CreateTempSubdirectory("dbp-samples").FullName;
+
+    [TestCleanup]
+    public void DeleteFolder() => Directory.Delete(_folder, recursive: true);
+
+    private string Folder(string name) => Directory.CreateDirectory(Path.Combine(_folder, name)).FullName;
+
+    private string CopyOfSubset(string name)
+    {
+        var folder = Folder(name);
+        foreach (var file in FashionMnistSource.FileNames)
+            File.Copy(Path.Combine(FashionMnist.Folder, file), Path.Combine(folder, file));
+        return folder;
+    }
+
+    /// <summary>A source whose every location is under the test's folder, with no download.</summary>
+    private FashionMnistSource Source(Uri? download = null) => new()
+    {
+        Debian = Path.Combine(_folder, "debian"),
+        Cache = Path.Combine(_folder, "cache"),
+        Download = download,
+        DownloadTimeout = TimeSpan.FromSeconds(20),
+        Subset = FashionMnist.Folder,
+    };
+
+    private static (IAnsiConsole Console, StringWriter Output) CapturedConsole()
+    {
+        var output = new StringWriter();
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Ansi = AnsiSupport.No, Interactive = InteractionSupport.No });
+        return (console, output);
+    }
+
+    [TestMethod]
+    public void GivenFolderWinsAndAMissingOneIsAnError()
+    {
+        var given = CopyOfSubset("given");
+        var source = Source();
+        Assert.AreEqual(given, source.Locate(given).Folder);
+        var error = Assert.ThrowsExactly<DirectoryNotFoundException>(() => Source().Locate(Folder("empty")));
+        StringAssert.Contains(error.Message, "train-images-idx3-ubyte.gz");
+    }
+
+    [TestMethod]
+    public void DebianFolderComesBeforeCacheAndDownload()
+    {
+        var debian = CopyOfSubset("debian");
+        var found = Source(new Uri("http://127.0.0.1:1/")).Locate(null);
+        Assert.AreEqual(debian, found.Folder);
+        StringAssert.Contains(found.Description, "Debian");
+    }
+
+    [TestMethod]
+    public void FailedDownloadFallsBackToTheShippedSubset()
+    {
+        var source = Source(new Uri("http://127.0.0.1:1/"));   // nothing listens on port 1
+        var found = source.Locate(null);
+        Assert.IsTrue(found.IsSubset);
+        Assert.AreEqual(FashionMnist.Folder, found.Folder);
+        Assert.HasCount(2, source.Notes);
+        StringAssert.Contains(source.Notes[1], "Download from http://127.0.0.1:1/ failed");
+        Assert.IsFalse(Directory.Exists(Path.Combine(_folder, "cache")) && Directory.EnumerateFiles(Path.Combine(_folder, "cache"), "*.gz").Any(),
+            "nothing half-downloaded is left to be mistaken for data");
+    }
+
+    [TestMethod]
+    [DataRow(false)]
+    [DataRow(true)]
+    public void DownloadFillsTheCacheOrFallsBackWhenTruncated(bool truncate)
+    {
+        using var listener = new HttpListener();
+        int port = Random.Shared.Next(20000, 60000);
+        listener.Prefixes.Add($"http://127.0.0.1:{port}/");
+        listener.Start();
+        var serving = Task.Run(() =>
+        {
+            for (int served = 0; served < FashionMnistSource.FileNames.Length; served++)
+            {
+                var context = listener.GetContext();
+                var bytes = File.ReadAllBytes(Path.Combine(FashionMnist.Folder, context.Request.Url!.Segments[^1]));
+                if (truncate)
+                    bytes = bytes[..(bytes.Length / 2)];
+                context.Response.OutputStream.Write(bytes);
+                context.Response.Close();
+                if (truncate)
+                    break;
+            }
+        });
+        var source = Source(new Uri($"http://127.0.0.1:{port}/"));
+        var found = source.Locate(null);
+        serving.Wait(TimeSpan.FromSeconds(30));
+        if (truncate)
+        {
+            Assert.IsTrue(found.IsSubset, "a truncated download is not used");
+            StringAssert.Contains(source.Notes[^1], "failed");
+            Assert.IsFalse(File.Exists(Path.Combine(_folder, "cache", FashionMnistSource.FileNames[0])));
+        }
+        else
+        {
+            Assert.AreEqual(Path.Combine(_folder, "cache"), found.Folder);
+            StringAssert.Contains(found.Description, "downloaded");
+            Assert.IsTrue(Source().Locate(null).Description.Contains("downloaded earlier"), "the next run finds the cache");
+        }
+    }
+
+    [TestMethod]
+    public void MainJobAtTinySizeWritesChartsJsonAndALoadableModel()
+    {
+        var (console, output) = CapturedConsole();
+        var report = Folder("report");
+        new MainJob(console, Source()).Run(new MainJobSettings { Epochs = 1, TrainLimit = 1000, TestLimit = 500, ReportFolder = report });
+
+        string text = output.ToString();
+        StringAssert.Contains(text, "Fashion-MNIST subset shipped with the samples");
+        StringAssert.Contains(text, "ML.NET evaluation of the DBP model");
+        foreach (var png in new[] { "accuracy-vs-time.png", "decorrelation-loss.png" })
+        {
+            var bytes = File.ReadAllBytes(Path.Combine(report, png));
+            CollectionAssert.AreEqual(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A }, bytes[..8], png);
+            Assert.IsGreaterThan(10_000, bytes.Length, $"{png} holds a real chart");
+        }
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(report, "results.json")));
+        var arms = json.RootElement.GetProperty("arms");
+        foreach (var arm in new[] { "Backprop", "DBP" })
+        {
+            var epoch = arms.GetProperty(arm)[0];
+            Assert.IsGreaterThan(0.3, epoch.GetProperty("testAccuracy").GetDouble(), arm);
+            Assert.IsGreaterThan(0.0, epoch.GetProperty("seconds").GetDouble(), arm);
+        }
+        Assert.AreEqual(10, json.RootElement.GetProperty("dbpEvaluation").GetProperty("perClass").GetArrayLength());
+
+        var model = new MLContext().Model.Load(Path.Combine(report, "model.zip"), out var schema);
+        Assert.IsNotNull(schema.GetColumnOrNull("Features"));
+    }
+
+    [TestMethod]
+    public void TrainOnAFolderThenPredictFromTheSavedModel()
+    {
+        var images = Folder("images");
+        var rows = MLNetData.WritePngs(Folder("flat"), train: true, count: 200);
+        foreach (var row in rows.Where(r => r.Label is "Trouser" or "Bag" or "Sneaker"))
+        {
+            var classFolder = Directory.CreateDirectory(Path.Combine(images, row.Label)).FullName;
+            File.Copy(Path.Combine(_folder, "flat", row.ImagePath), Path.Combine(classFolder, row.ImagePath));
+        }
+        var (console, output) = CapturedConsole();
+        var modelFile = new FileInfo(Path.Combine(_folder, "model.zip"));
+        ImageFolderCommands.RunTrain(console, new DirectoryInfo(images), modelFile, epochs: 3, size: 28, CnnArchitecture.SmallCnn, batchSize: 16, decorrelate: true);
+        Assert.IsTrue(modelFile.Exists);
+
+        var trousers = Directory.GetFiles(Path.Combine(images, "Trouser")).Take(3).Select(f => new FileInfo(f)).ToArray();
+        ImageFolderCommands.RunPredict(console, modelFile, trousers);
+        string text = output.ToString();
+        Assert.IsGreaterThanOrEqualTo(2, text.Split('\n').Count(line => line.Contains("Trouser") && line.Contains(".png")), text);
+    }
+
+    [TestMethod]
+    public void PredictReadsImagesForAModelTrainedOnPixelVectors()
+    {
+        var (console, output) = CapturedConsole();
+        var report = Folder("report");
+        new MainJob(console, Source()).Run(new MainJobSettings { Epochs = 1, TrainLimit = 1000, TestLimit = 200, ReportFolder = report });
+        var pngs = MLNetData.WritePngs(Folder("png"), train: false, count: 4);
+        ImageFolderCommands.RunPredict(console, new FileInfo(Path.Combine(report, "model.zip")),
+            pngs.Select(p => new FileInfo(Path.Combine(_folder, "png", p.ImagePath))).ToArray());
+        string text = output.ToString();
+        Assert.AreEqual(4, text.Split('\n').Count(line => line.Contains("test-") && line.Contains('%')), text);
+    }
+}
