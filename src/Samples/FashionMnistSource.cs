@@ -73,9 +73,16 @@ internal sealed class FashionMnistSource
             }
         }
         if (HasFiles(Subset))
-            return new DataSource(Subset, $"the Fashion-MNIST subset shipped with the samples (10,000 training, 2,000 test images; {Subset})", true);
+            return ShippedSubset();
         throw new DirectoryNotFoundException("Fashion-MNIST was found nowhere: " + string.Join(" ", Notes));
     }
+
+    /// <summary>The subset shipped with the samples, whatever else is available.</summary>
+    /// <exception cref="DirectoryNotFoundException">The subset is not next to the program.</exception>
+    public DataSource ShippedSubset()
+        => HasFiles(Subset)
+            ? new DataSource(Subset, $"the Fashion-MNIST subset shipped with the samples (10,000 training, 2,000 test images; {Subset})", true)
+            : throw new DirectoryNotFoundException($"The Fashion-MNIST subset is missing from {Subset}.");
 
     /// <summary>Loads the training or test split from a located source.</summary>
     public static ImageDataset Load(DataSource source, bool train, int? limit = null)

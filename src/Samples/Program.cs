@@ -40,4 +40,5 @@ root.SetAction(result =>
 root.Subcommands.Add(ImageFolderCommands.Train());
 root.Subcommands.Add(ImageFolderCommands.Predict());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(PipelineExample.Create());
 return root.Parse(args).Invoke();

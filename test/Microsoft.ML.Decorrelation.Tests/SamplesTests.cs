@@ -180,4 +180,26 @@ public class SamplesTests
         string text = output.ToString();
         Assert.AreEqual(4, text.Split('\n').Count(line => line.Contains("test-") && line.Contains('%')), text);
     }
+
+    [TestMethod]
+    public void ReadmePipelineExampleRuns()
+    {
+        var (console, output) = CapturedConsole();
+        var standardOutput = Console.Out;
+        var printed = new StringWriter();
+        Console.SetOut(printed);
+        try
+        {
+            Assert.AreEqual(0, PipelineExample.Run(console, trainCount: 600, testCount: 200, epochs: 1));
+        }
+        finally
+        {
+            Console.SetOut(standardOutput);
+        }
+        string text = printed.ToString();
+        StringAssert.Contains(text, "Epoch 1: train loss");
+        StringAssert.Matches(text, new System.Text.RegularExpressions.Regex(@"Accuracy \d+\.\d+ ?%, log-loss \d"));
+        StringAssert.Matches(text, new System.Text.RegularExpressions.Regex(@"test-00000\.png: \S+ \(\d+\.\d ?%\), true label Ankle boot"));
+        StringAssert.Contains(output.ToString(), "Wrote 600 training and 200 test PNG files");
+    }
 }
