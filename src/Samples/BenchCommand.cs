@@ -1,92 +1,322 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
 using Microsoft.ML.Decorrelation.Torch;
 using Microsoft.ML.Decorrelation.Torch.Architectures;
+using Microsoft.ML.Decorrelation.Torch.Data;
 using Microsoft.ML.Decorrelation.Torch.Training;
 using Spectre.Console;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Decorrelation.Samples;
 
+/// <summary>Settings of one benchmark run.</summary>
+internal sealed record BenchSettings
+{
+    public string Case { get; init; } = "small-cnn";
+    public int Seeds { get; init; } = 3;
+    public int Epochs { get; init; } = 6;
+    public double[] LearningRates { get; init; } = [1e-3, 2e-3];
+    public int BatchSize { get; init; } = 128;
+    public int Threads { get; init; } = Environment.ProcessorCount;
+    public int? Steps { get; init; }
+    public int? TrainLimit { get; init; }
+    public int? TestLimit { get; init; }
+    public LearningRateSchedule Schedule { get; init; } = LearningRateSchedule.Constant;
+    public double WeightDecay { get; init; }
+    public DecorrelationOptions Decorrelation { get; init; } = new();
+    public string? Data { get; init; }
+}
+
+/// <summary>One arm of one seed: its learning rate, step times and accuracy curve.</summary>
+internal sealed class BenchArm(string name, bool decorrelated, double learningRate)
+{
+    public string Name { get; } = name;
+    public bool Decorrelated { get; } = decorrelated;
+    public double LearningRate { get; } = learningRate;
+    public List<double> StepMilliseconds { get; } = [];
+    public List<StepTimings> Timings { get; } = [];
+    public List<(double Epoch, double Seconds, double Accuracy)> Evaluations { get; } = [];
+    public double Seconds => StepMilliseconds.Sum() / 1000;
+    public double BestAccuracy => Evaluations.Count == 0 ? double.NaN : Evaluations.Max(e => e.Accuracy);
+    public double FinalAccuracy => Evaluations.Count == 0 ? double.NaN : Evaluations[^1].Accuracy;
+
+    /// <summary>Training seconds when the arm first reached <paramref name="accuracy"/>, or null.</summary>
+    public double? SecondsTo(double accuracy) => Evaluations.Where(e => e.Accuracy >= accuracy).Select(e => (double?)e.Seconds).FirstOrDefault();
+
+    /// <summary>The accuracy of the last evaluation at or before <paramref name="seconds"/> of training.</summary>
+    public double AccuracyAt(double seconds) => Evaluations.Where(e => e.Seconds <= seconds + 1e-9).Select(e => e.Accuracy).DefaultIfEmpty(double.NaN).Last();
+}
+
 /// <summary>
-/// Measures the training step time of backprop and DBP on the same batches, interleaved step by step so
-/// that machine noise hits both arms alike, and prints the medians and their ratio.
+/// The benchmark: backprop and DBP trained in ONE process from identical initial weights and batch order,
+/// interleaved step by step (the arm that goes first rotates) so that machine noise hits all arms alike;
+/// each method at its best learning rate of the same grid; medians over seeds.
 /// </summary>
-internal static class BenchCommand
+internal sealed class Bench(IAnsiConsole console)
 {
     public static System.CommandLine.Command Create()
     {
-        var caseOption = new Option<string>("--case") { Description = "small-cnn or resnet18.", DefaultValueFactory = _ => "small-cnn" };
+        var defaults = new BenchSettings();
+        var caseOption = new Option<string>("--case") { Description = "small-cnn (accuracy and time) or resnet18 (step time only).", DefaultValueFactory = _ => defaults.Case };
         caseOption.AcceptOnlyFromAmong("small-cnn", "resnet18");
-        var steps = new Option<int>("--steps") { Description = "Timed steps per arm.", DefaultValueFactory = _ => 60 };
-        var warmup = new Option<int>("--warmup") { Description = "Untimed steps per arm first.", DefaultValueFactory = _ => 5 };
-        var batchSize = new Option<int?>("--batch-size") { Description = "Images per step (default 128 for small-cnn, 64 for resnet18)." };
-        var threads = new Option<int>("--threads") { Description = "CPU threads for Torch.", DefaultValueFactory = _ => Environment.ProcessorCount };
-        var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files (default: the Debian package's)." };
-        var command = new System.CommandLine.Command("bench", "Step time of backprop against DBP, interleaved, medians and ratio.")
+        var seeds = new Option<int>("--seeds") { Description = "Seeds; figures are medians over them.", DefaultValueFactory = _ => defaults.Seeds };
+        var epochs = new Option<int>("--epochs") { Description = "Epochs per arm.", DefaultValueFactory = _ => defaults.Epochs };
+        var grid = new Option<string>("--lr-grid") { Description = "Comma-separated Adam learning rates; each method gets its best.", DefaultValueFactory = _ => "0.001,0.002" };
+        var batchSize = new Option<int?>("--batch-size") { Description = "Images per step (default 128; 64 for resnet18)." };
+        var threads = new Option<int>("--threads") { Description = "CPU threads for Torch.", DefaultValueFactory = _ => defaults.Threads };
+        var steps = new Option<int?>("--steps") { Description = "Time this many steps per arm and stop (no accuracy); default for resnet18: 30." };
+        var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
+        var testLimit = new Option<int?>("--test-limit") { Description = "Evaluate on only the first N test images." };
+        var schedule = new Option<LearningRateSchedule>("--schedule") { Description = "Learning-rate schedule of every arm.", DefaultValueFactory = _ => defaults.Schedule };
+        var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm.", DefaultValueFactory = _ => 0 };
+        var etaR = new Option<double>("--eta-r") { Description = "DBP: learning rate of R.", DefaultValueFactory = _ => defaults.Decorrelation.LearningRate };
+        var kappa = new Option<double>("--kappa") { Description = "DBP: kappa.", DefaultValueFactory = _ => defaults.Decorrelation.Kappa };
+        var interval = new Option<int>("--interval") { Description = "DBP: update R every N steps.", DefaultValueFactory = _ => defaults.Decorrelation.UpdateInterval };
+        var convFraction = new Option<double>("--conv-fraction") { Description = "DBP: sample fraction of convolutions.", DefaultValueFactory = _ => defaults.Decorrelation.ConvolutionSampleFraction };
+        var linearFraction = new Option<double>("--linear-fraction") { Description = "DBP: sample fraction of linear layers.", DefaultValueFactory = _ => defaults.Decorrelation.LinearSampleFraction };
+        var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files." };
+        var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
+        var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, steps, warmup, batchSize, threads, data,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, limit, testLimit, schedule, weightDecay, etaR, kappa, interval, convFraction, linearFraction, data, json,
         };
         command.SetAction(result =>
         {
             string benchCase = result.GetValue(caseOption)!;
-            return Run(benchCase, result.GetValue(steps), result.GetValue(warmup),
-                result.GetValue(batchSize) ?? (benchCase == "resnet18" ? 64 : 128), result.GetValue(threads), result.GetValue(data));
+            var settings = new BenchSettings
+            {
+                Case = benchCase,
+                Seeds = result.GetValue(seeds),
+                Epochs = result.GetValue(epochs),
+                LearningRates = result.GetValue(grid)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray(),
+                BatchSize = result.GetValue(batchSize) ?? (benchCase == "resnet18" ? 64 : 128),
+                Threads = result.GetValue(threads),
+                Steps = result.GetValue(steps) ?? (benchCase == "resnet18" ? 30 : null),
+                TrainLimit = result.GetValue(limit),
+                TestLimit = result.GetValue(testLimit),
+                Schedule = result.GetValue(schedule),
+                WeightDecay = result.GetValue(weightDecay),
+                Decorrelation = new DecorrelationOptions
+                {
+                    LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
+                    ConvolutionSampleFraction = result.GetValue(convFraction), LinearSampleFraction = result.GetValue(linearFraction),
+                },
+                Data = result.GetValue(data),
+            };
+            var figures = new Bench(AnsiConsole.Console).Run(settings);
+            if (result.GetValue(json) is string path)
+                File.WriteAllText(path, JsonSerializer.Serialize(figures, new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
+            return 0;
         });
         return command;
     }
 
-    private static int Run(string benchCase, int steps, int warmup, int batchSize, int threads, string? data)
+    public Dictionary<string, object?> Run(BenchSettings settings)
     {
-        using var train = FashionMnistSource.Load(new FashionMnistSource().Locate(data), train: true, limit: (steps + warmup) * batchSize);
+        settings.Decorrelation.Validate();
+        var source = new FashionMnistSource().Locate(settings.Data);
+        using var train = FashionMnistSource.Load(source, train: true, settings.Steps is int s ? s * settings.BatchSize : settings.TrainLimit);
+        using var test = FashionMnistSource.Load(source, train: false, settings.TestLimit);
         var (mean, deviation) = train.ChannelStatistics();
         train.Normalize(mean, deviation);
-        var options = new TrainingOptions { BatchSize = batchSize, Threads = threads, Epochs = 1 };
-        Func<Device, nn.Module<Tensor, Tensor>> build = benchCase == "resnet18"
-            ? device => NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage, device)
-            : device => NetworkBuilder.SmallCnn(1, 28, 28, 10, device);
-        var trainer = new NetworkTrainer(options);
-        int stepsPerEpoch = (int)(train.Count / batchSize);
-        using var plainNetwork = NetworkTrainer.CreateNetwork(build, options, decorrelated: false);
-        using var decorrelatedNetwork = NetworkTrainer.CreateNetwork(build, options, decorrelated: true);
-        using var plain = trainer.CreateSession(plainNetwork, stepsPerEpoch);
-        using var decorrelated = trainer.CreateSession(decorrelatedNetwork, stepsPerEpoch);
+        test.Normalize(mean, deviation);
+        var d = settings.Decorrelation;
+        console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
+            $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
+            $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear)."));
 
-        var times = new Dictionary<TrainingSession, List<double>> { [plain] = [], [decorrelated] = [] };
-        AnsiConsole.MarkupLine($"Case [blue]{benchCase}[/], batch {batchSize}, {threads} threads, native allocator tuning: {(NativeAllocatorTuning.IsApplied ? "on" : "off")}.");
-        AnsiConsole.Progress().Start(context =>
+        var perSeed = new List<Dictionary<string, object?>>();
+        for (int seed = 0; seed < settings.Seeds; seed++)
         {
-            var task = context.AddTask("Interleaved steps", maxValue: steps + warmup);
-            for (int step = 0; step < steps + warmup; step++)
-            {
-                using var scope = NewDisposeScope();
-                var images = train.Images.narrow(0, (long)step * batchSize, batchSize);
-                var labels = train.Labels.narrow(0, (long)step * batchSize, batchSize);
-                // Alternate which arm goes first so that neither always runs on a warmer cache.
-                var order = step % 2 == 0 ? new[] { plain, decorrelated } : new[] { decorrelated, plain };
-                foreach (var session in order)
-                {
-                    var clock = Stopwatch.StartNew();
-                    session.Step(images, labels);
-                    if (step >= warmup)
-                        times[session].Add(clock.Elapsed.TotalMilliseconds);
-                }
-                task.Increment(1);
-            }
-        });
+            var arms = RunSeed(settings, seed, train, test);
+            perSeed.Add(Summarise(settings, seed, arms));
+        }
+        var figures = new Dictionary<string, object?>
+        {
+            ["case"] = settings.Case,
+            ["settings"] = settings,
+            ["stepRatio"] = Median(perSeed.Select(s => (double?)s["stepRatio"])),
+            ["meanStepRatio"] = Median(perSeed.Select(s => (double?)s["meanStepRatio"])),
+        };
+        if (settings.Steps is null)
+        {
+            figures["timeToAccuracyRatio"] = Median(perSeed.Select(s => (double?)s["timeToAccuracyRatio"]));
+            figures["timeRatioTo089"] = Median(perSeed.Select(s => (double?)s["timeRatioTo089"]));
+            figures["timeRatioTo090"] = Median(perSeed.Select(s => (double?)s["timeRatioTo090"]));
+            figures["bpBestAccuracy"] = Median(perSeed.Select(s => (double?)s["bpBestAccuracy"]));
+            figures["bpFinalAccuracy"] = Median(perSeed.Select(s => (double?)s["bpFinalAccuracy"]));
+            figures["dbpBestAccuracy"] = Median(perSeed.Select(s => (double?)s["dbpBestAccuracy"]));
+            figures["dbpFinalAccuracy"] = Median(perSeed.Select(s => (double?)s["dbpFinalAccuracy"]));
+        }
+        figures["perSeed"] = perSeed;
 
-        double plainMedian = Median(times[plain]), decorrelatedMedian = Median(times[decorrelated]);
-        var table = new Table().AddColumns("Arm", "Median step (ms)", "Steps timed");
-        table.AddRow("Backprop", $"{plainMedian:F1}", $"{times[plain].Count}");
-        table.AddRow("DBP", $"{decorrelatedMedian:F1}", $"{times[decorrelated].Count}");
-        AnsiConsole.Write(table);
-        AnsiConsole.MarkupLine($"Step ratio DBP / backprop: [green]{decorrelatedMedian / plainMedian:F3}[/]");
-        return 0;
+        var table = new Table().Title("Medians over seeds").AddColumns("Figure", "Value");
+        foreach (var (key, value) in figures.Where(kv => kv.Value is double or null && kv.Key != "case"))
+            table.AddRow(key, value is double v ? v.ToString("0.000", CultureInfo.InvariantCulture) : "not reached");
+        console.Write(table);
+        return figures;
     }
 
-    private static double Median(List<double> values)
+    private List<BenchArm> RunSeed(BenchSettings settings, int seed, ImageDataset train, ImageDataset test)
+    {
+        int batchesPerEpoch = (int)(train.Count / settings.BatchSize);   // whole batches only, the same for every arm
+        int epochs = settings.Steps is null ? settings.Epochs : 1;
+        int totalSteps = settings.Steps ?? batchesPerEpoch * epochs;
+        var arms = new List<BenchArm>();
+        var sessions = new List<(BenchArm Arm, TrainingSession Session, NetworkTrainer Trainer)>();
+        try
+        {
+            foreach (double learningRate in settings.LearningRates)
+            {
+                foreach (bool decorrelated in new[] { false, true })
+                {
+                    var options = new TrainingOptions
+                    {
+                        Epochs = epochs, BatchSize = settings.BatchSize, LearningRate = learningRate, Seed = seed, Threads = settings.Threads,
+                        Schedule = settings.Schedule, WeightDecay = settings.WeightDecay, Decorrelation = settings.Decorrelation,
+                    };
+                    var network = NetworkTrainer.CreateNetwork(Builder(settings.Case), options, decorrelated);
+                    var trainer = new NetworkTrainer(options);
+                    var arm = new BenchArm(decorrelated ? "DBP" : "Backprop", decorrelated, learningRate);
+                    arms.Add(arm);
+                    sessions.Add((arm, trainer.CreateSession(network, batchesPerEpoch), trainer));
+                }
+            }
+            random.manual_seed(seed + 1);
+            var order = new Random(seed);
+            int[] evaluationSteps = settings.Steps is null ? [batchesPerEpoch / 2, batchesPerEpoch] : [];
+            console.Progress().Start(context =>
+            {
+                var task = context.AddTask($"Seed {seed}: {sessions.Count} arms interleaved", maxValue: totalSteps);
+                long[] permutation = [];
+                for (int step = 0; step < totalSteps; step++)
+                {
+                    int batch = step % batchesPerEpoch;
+                    if (batch == 0)
+                        permutation = Shuffled(train.Count, order);
+                    using (var scope = NewDisposeScope())
+                    {
+                        var indices = tensor(permutation.AsSpan(batch * settings.BatchSize, settings.BatchSize).ToArray());
+                        var images = train.Images.index_select(0, indices);
+                        var labels = train.Labels.index_select(0, indices);
+                        for (int k = 0; k < sessions.Count; k++)
+                        {
+                            var (arm, session, _) = sessions[(step + k) % sessions.Count];
+                            long start = Stopwatch.GetTimestamp();
+                            session.Step(images, labels);
+                            arm.StepMilliseconds.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+                            arm.Timings.Add(session.LastStepTimings);
+                        }
+                    }
+                    if (evaluationSteps.Contains(batch + 1))
+                    {
+                        double epoch = (double)(step + 1) / batchesPerEpoch;
+                        foreach (var (arm, session, _) in sessions)
+                            arm.Evaluations.Add((epoch, arm.Seconds, NetworkTrainer.Evaluate(session.Network, test, 1000, CPU)));
+                        task.Description = $"Seed {seed}, epoch {epoch:0.#}: " + string.Join(", ", sessions.Select(s => $"{s.Arm.Name} {s.Arm.LearningRate:G3} {s.Arm.Evaluations[^1].Accuracy:P1}"));
+                    }
+                    task.Increment(1);
+                }
+            });
+        }
+        finally
+        {
+            foreach (var (_, session, _) in sessions)
+            {
+                session.Network.Dispose();
+                session.Dispose();
+            }
+        }
+        return arms;
+    }
+
+    private Dictionary<string, object?> Summarise(BenchSettings settings, int seed, List<BenchArm> arms)
+    {
+        bool accuracy = settings.Steps is null;
+        // Each method at its best learning rate of the grid (by best test accuracy; by median step for timing-only runs).
+        var bp = arms.Where(a => !a.Decorrelated).OrderByDescending(a => accuracy ? a.BestAccuracy : -Median(a.StepMilliseconds)).First();
+        var dbp = arms.Where(a => a.Decorrelated).OrderByDescending(a => accuracy ? a.BestAccuracy : -Median(a.StepMilliseconds)).First();
+        double stepRatio = Median(dbp.StepMilliseconds) / Median(bp.StepMilliseconds);
+        var breakdown = new Table().Title($"Seed {seed}: median step and its breakdown (ms)")
+            .AddColumns("Arm", "lr", "Step", "Forward", "Statistics", "Backward", "Optimizer", "R update");
+        foreach (var arm in arms)
+        {
+            breakdown.AddRow(arm.Name, $"{arm.LearningRate:G3}", Ms(Median(arm.StepMilliseconds)), Ms(Median(arm.Timings.Select(t => t.Forward.TotalMilliseconds))),
+                Ms(arm.Timings.Average(t => t.Statistics.TotalMilliseconds)), Ms(Median(arm.Timings.Select(t => t.Backward.TotalMilliseconds))),
+                Ms(Median(arm.Timings.Select(t => t.Optimizer.TotalMilliseconds))), Ms(arm.Timings.Average(t => t.DecorrelationUpdate.TotalMilliseconds)));
+        }
+        console.Write(breakdown);
+        var summary = new Dictionary<string, object?>
+        {
+            ["seed"] = seed,
+            ["bpLearningRate"] = bp.LearningRate,
+            ["dbpLearningRate"] = dbp.LearningRate,
+            ["stepRatio"] = stepRatio,
+            // With an update interval above 1 most DBP steps skip the statistics: the mean, not the median, sets the wall-clock time.
+            ["meanStepRatio"] = dbp.StepMilliseconds.Average() / bp.StepMilliseconds.Average(),
+            ["bpMedianStepMs"] = Median(bp.StepMilliseconds),
+            ["dbpMedianStepMs"] = Median(dbp.StepMilliseconds),
+        };
+        if (accuracy)
+        {
+            double? Ratio(double target) => bp.SecondsTo(target) is double b && dbp.SecondsTo(target) is double d ? b / d : null;
+            double equalSeconds = Math.Min(bp.Seconds, dbp.Seconds);
+            summary["bpBestAccuracy"] = bp.BestAccuracy;
+            summary["bpFinalAccuracy"] = bp.FinalAccuracy;
+            summary["dbpBestAccuracy"] = dbp.BestAccuracy;
+            summary["dbpFinalAccuracy"] = dbp.FinalAccuracy;
+            summary["timeToAccuracyRatio"] = Ratio(bp.BestAccuracy);
+            summary["timeRatioTo089"] = Ratio(0.89);
+            summary["timeRatioTo090"] = Ratio(0.90);
+            summary["equalSeconds"] = equalSeconds;
+            summary["bpAccuracyAtEqualSeconds"] = bp.AccuracyAt(equalSeconds);
+            summary["dbpAccuracyAtEqualSeconds"] = dbp.AccuracyAt(equalSeconds);
+            console.MarkupLine(Markup.Escape($"Seed {seed}: step ratio {stepRatio:F3}; backprop (lr {bp.LearningRate}) best {bp.BestAccuracy:P2} at {bp.SecondsTo(bp.BestAccuracy):F1} s; " +
+                $"DBP (lr {dbp.LearningRate}) reached it at {(dbp.SecondsTo(bp.BestAccuracy) is double t ? $"{t:F1} s" : "never")}, best {dbp.BestAccuracy:P2}, final {dbp.FinalAccuracy:P2}."));
+        }
+        summary["arms"] = arms.Select(a => new
+        {
+            name = a.Name,
+            learningRate = a.LearningRate,
+            medianStepMs = Median(a.StepMilliseconds),
+            medianForwardMs = Median(a.Timings.Select(t => t.Forward.TotalMilliseconds)),
+            meanStatisticsMs = a.Timings.Average(t => t.Statistics.TotalMilliseconds),
+            medianBackwardMs = Median(a.Timings.Select(t => t.Backward.TotalMilliseconds)),
+            medianOptimizerMs = Median(a.Timings.Select(t => t.Optimizer.TotalMilliseconds)),
+            meanUpdateMs = a.Timings.Average(t => t.DecorrelationUpdate.TotalMilliseconds),
+            evaluations = a.Evaluations.Select(e => new { epoch = e.Epoch, seconds = e.Seconds, accuracy = e.Accuracy }),
+        }).ToArray();
+        return summary;
+    }
+
+    private static Func<Device, nn.Module<Tensor, Tensor>> Builder(string benchCase) => benchCase == "resnet18"
+        ? device => NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage, device)
+        : device => NetworkBuilder.SmallCnn(1, 28, 28, 10, device);
+
+    private static long[] Shuffled(long count, Random random)
+    {
+        var permutation = new long[count];
+        for (long i = 0; i < count; i++)
+            permutation[i] = i;
+        random.Shuffle(permutation);
+        return permutation;
+    }
+
+    private static string Ms(double value) => value.ToString("0.0", CultureInfo.InvariantCulture);
+
+    internal static double Median(IEnumerable<double> values)
     {
         var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+        return sorted.Length == 0 ? double.NaN
+            : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+
+    /// <summary>Median of the values present; null when any seed has none (a target not reached counts as not reached).</summary>
+    private static double? Median(IEnumerable<double?> values)
+    {
+        var list = values.ToList();
+        return list.Any(v => v is null) ? null : Median(list.Select(v => v!.Value));
     }
 }

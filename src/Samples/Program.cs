@@ -39,6 +39,6 @@ root.SetAction(result =>
 });
 root.Subcommands.Add(ImageFolderCommands.Train());
 root.Subcommands.Add(ImageFolderCommands.Predict());
-root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(Bench.Create());
 root.Subcommands.Add(PipelineExample.Create());
 return root.Parse(args).Invoke();

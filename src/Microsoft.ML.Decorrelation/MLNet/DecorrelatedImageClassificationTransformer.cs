@@ -63,6 +63,40 @@ public sealed partial class DecorrelatedImageClassificationTransformer : ITransf
     /// <summary>Channels, height and width of the images the network takes.</summary>
     public (int Channels, int Height, int Width) ImageSize => (Input.Shape.Channels, Input.Shape.Height, Input.Shape.Width);
 
+    /// <summary>
+    /// Loads a model saved with <c>mlContext.Model.Save</c> and returns the model and the
+    /// <see cref="DecorrelatedImageClassificationTransformer"/> inside it.
+    /// </summary>
+    /// <param name="mlContext">The context to load into.</param>
+    /// <param name="path">The model file.</param>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="InvalidDataException">The file is not a model, is damaged, is of a newer format, or holds no such transformer.</exception>
+    public static (ITransformer Model, DecorrelatedImageClassificationTransformer Classifier) Load(MLContext mlContext, string path)
+    {
+        ArgumentNullException.ThrowIfNull(mlContext);
+        if (!File.Exists(path))
+            throw new FileNotFoundException($"The model file '{path}' does not exist.", path);
+        ITransformer model;
+        try
+        {
+            model = mlContext.Model.Load(path, out _);
+        }
+        catch (Exception e) when (e is InvalidDataException or FormatException or InvalidOperationException or IOException or EndOfStreamException)
+        {
+            // ML.NET wraps a loader's exception in "Error during class instantiation": report the cause.
+            var cause = e;
+            while (cause.InnerException is not null && (cause is System.Reflection.TargetInvocationException || cause.Message.StartsWith("Error during class instantiation", StringComparison.Ordinal)))
+                cause = cause.InnerException;
+            throw new InvalidDataException($"'{path}' could not be loaded as an ML.NET model: {cause.Message}", e);
+        }
+        var classifier = Flatten(model).OfType<DecorrelatedImageClassificationTransformer>().FirstOrDefault()
+            ?? throw new InvalidDataException($"The model in '{path}' holds no {nameof(DecorrelatedImageClassificationTransformer)}; it holds {string.Join(", ", Flatten(model).Select(t => t.GetType().Name))}.");
+        return (model, classifier);
+    }
+
+    private static IEnumerable<ITransformer> Flatten(ITransformer model)
+        => model is IEnumerable<ITransformer> chain ? chain.SelectMany(Flatten) : [model];
+
     /// <summary>Always true: the transformer maps each row on its own.</summary>
     public bool IsRowToRowMapper => true;
 

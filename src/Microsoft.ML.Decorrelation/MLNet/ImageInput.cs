@@ -110,8 +110,37 @@ internal sealed class ImageInput
         return column;
     }
 
-    /// <summary>Returns a function that writes the current row's pixels of <paramref name="row"/> into a span of <see cref="ImageShape.Size"/> floats.</summary>
+    /// <summary>
+    /// Returns a function that writes the current row's pixels of <paramref name="row"/> into a span of
+    /// <see cref="ImageShape.Size"/> floats.
+    /// </summary>
+    /// <remarks>
+    /// A pixel that is NaN or infinite fails the read with an <see cref="InvalidDataException"/> naming the column
+    /// and row: training on it would poison the network, and scoring it would return meaningless probabilities.
+    /// </remarks>
     public Action<Span<float>> CreateReader(DataViewRow row)
+    {
+        var read = CreateRawReader(row);
+        return destination =>
+        {
+            read(destination);
+            int bad = IndexOfNonFinite(destination);
+            if (bad >= 0)
+                throw new InvalidDataException($"Feature column '{ColumnName}', row {row.Position}: pixel {bad} is {destination[bad]}; images must hold finite values.");
+        };
+    }
+
+    private static int IndexOfNonFinite(ReadOnlySpan<float> values)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i]))
+                return i;
+        }
+        return -1;
+    }
+
+    private Action<Span<float>> CreateRawReader(DataViewRow row)
     {
         var column = row.Schema[ColumnName];
         switch (Kind)

@@ -102,7 +102,30 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// <summary>How many samples of a batch of <paramref name="batchSize"/> feed the statistics.</summary>
     public long SampleCount(long batchSize) => Math.Max(1, Math.Min(batchSize, (long)Math.Round(SampleFraction * batchSize)));
 
+    /// <summary>Wall-clock time spent collecting statistics in forward passes since the last <see cref="TakeStatisticsTime"/>.</summary>
+    public TimeSpan TakeStatisticsTime()
+    {
+        var elapsed = _statisticsTime;
+        _statisticsTime = TimeSpan.Zero;
+        return elapsed;
+    }
+
+    private TimeSpan _statisticsTime;
+
     private void KeepSamples(Tensor input)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        try
+        {
+            KeepSamplesCore(input);
+        }
+        finally
+        {
+            _statisticsTime += System.Diagnostics.Stopwatch.GetElapsedTime(start);
+        }
+    }
+
+    private void KeepSamplesCore(Tensor input)
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();

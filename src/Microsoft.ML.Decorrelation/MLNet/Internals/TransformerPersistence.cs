@@ -17,12 +17,18 @@ public sealed partial class DecorrelatedImageClassificationTransformer
     internal const string LoaderSignature = "DecorrImageClassifier";
     private const string NetworkStreamName = "Network.bin";
 
-    // Format version 0x00010001: the first. A model written by a newer format is refused with a clear message.
-    private static VersionInfo GetVersionInfo() => new(
+    /// <summary>The model format this version writes and reads: 0x00010001, the first.</summary>
+    internal const uint FormatVersion = 0x00010001;
+
+    /// <summary>The format written by Save; tests raise it to check that a newer model is refused.</summary>
+    internal static uint SavedFormatVersion { get; set; } = FormatVersion;
+
+    // ML.NET refuses, with its own message, a model whose readable version is above the version we write.
+    private static VersionInfo GetVersionInfo(uint written = FormatVersion) => new(
         modelSignature: "DBPIMGCL",
-        verWrittenCur: 0x00010001,
-        verReadableCur: 0x00010001,
-        verWeCanReadBack: 0x00010001,
+        verWrittenCur: written,
+        verReadableCur: written,
+        verWeCanReadBack: FormatVersion,
         loaderSignature: LoaderSignature,
         loaderAssemblyName: typeof(DecorrelatedImageClassificationTransformer).Assembly.FullName);
 
@@ -32,7 +38,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         _host.CheckValue(ctx, nameof(ctx));
         ObjectDisposedException.ThrowIf(_disposed, this);
         ctx.CheckAtModel();
-        ctx.SetVersionInfo(GetVersionInfo());
+        ctx.SetVersionInfo(GetVersionInfo(SavedFormatVersion));
 
         // *** Binary format ***
         // string: label, feature, score and predicted label column names

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -51,6 +52,9 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Steps taken so far.</summary>
     public long StepCount { get; private set; }
 
+    /// <summary>Where the last step's time went.</summary>
+    public StepTimings LastStepTimings { get; private set; }
+
     /// <summary>The learning rate of the last step.</summary>
     public double LearningRate { get; private set; }
 
@@ -73,9 +77,11 @@ public sealed class TrainingSession : IDisposable
 
         Network.train();
         Decorrelation.BeginStep();
+        long start = Stopwatch.GetTimestamp();
         _optimizer.zero_grad();
         var loss = nn.functional.cross_entropy(Network.forward(images), labels);
         double lossValue = loss.item<float>();
+        long forwardDone = Stopwatch.GetTimestamp();
         if (!double.IsFinite(lossValue))
             throw new TrainingDivergedException($"The training loss became {lossValue} at epoch {epoch}, step {step}. Lower the learning rate.")
             {
@@ -83,7 +89,9 @@ public sealed class TrainingSession : IDisposable
                 Step = step,
             };
         loss.backward();
+        long backwardDone = Stopwatch.GetTimestamp();
         _optimizer.step();
+        long optimizerDone = Stopwatch.GetTimestamp();
         try
         {
             Decorrelation.Update();
@@ -92,10 +100,32 @@ public sealed class TrainingSession : IDisposable
         {
             throw new TrainingDivergedException($"{e.Message} (epoch {epoch}, step {step})", e.LayerName, e) { Epoch = epoch, Step = step };
         }
+        long updateDone = Stopwatch.GetTimestamp();
+        var statistics = TimeSpan.Zero;
+        foreach (var layer in Decorrelation.Layers)
+            statistics += layer.TakeStatisticsTime();
+        LastStepTimings = new StepTimings(
+            Forward: Stopwatch.GetElapsedTime(start, forwardDone) - statistics,
+            Statistics: statistics,
+            Backward: Stopwatch.GetElapsedTime(forwardDone, backwardDone),
+            Optimizer: Stopwatch.GetElapsedTime(backwardDone, optimizerDone),
+            DecorrelationUpdate: Stopwatch.GetElapsedTime(optimizerDone, updateDone));
         StepCount = step;
         return lossValue;
     }
 
     /// <summary>Releases the optimizer's state.</summary>
     public void Dispose() => _optimizer.Dispose();
+}
+
+/// <summary>Where one training step's wall-clock time went (CPU timings; on a GPU, kernels may finish later).</summary>
+/// <param name="Forward">The forward pass and loss, without the decorrelation statistics.</param>
+/// <param name="Statistics">Sampling and decorrelating the layers' inputs (inside the forward pass).</param>
+/// <param name="Backward">The backward pass.</param>
+/// <param name="Optimizer">The optimizer step.</param>
+/// <param name="DecorrelationUpdate">The update of every decorrelation matrix.</param>
+public readonly record struct StepTimings(TimeSpan Forward, TimeSpan Statistics, TimeSpan Backward, TimeSpan Optimizer, TimeSpan DecorrelationUpdate)
+{
+    /// <summary>The whole step.</summary>
+    public TimeSpan Total => Forward + Statistics + Backward + Optimizer + DecorrelationUpdate;
 }
