@@ -98,6 +98,20 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>Receives the metrics of each epoch, or null.</summary>
         public Action<DecorrelatedImageClassificationMetrics>? MetricsCallback;
 
+        /// <summary>
+        /// A file to write a checkpoint to after every epoch (through a temporary file renamed into place); null for none.
+        /// </summary>
+        public string? CheckpointPath;
+
+        /// <summary>Continue from <see cref="CheckpointPath"/> when it exists, ending as an uninterrupted run would (CPU, same seed).</summary>
+        public bool ResumeFromCheckpoint;
+
+        /// <summary>
+        /// How many times to recover from divergence (a non-finite loss or decorrelation matrix) by rolling back to
+        /// the start of the epoch and halving the learning rates; 0 (the default) fails at the first divergence.
+        /// </summary>
+        public int DivergenceRetries;
+
         /// <summary>Receives the progress of every training step (for progress bars), or null. Called on the training thread.</summary>
         public Action<DecorrelatedImageClassificationProgress>? ProgressCallback;
 
@@ -207,6 +221,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             WeightDecay = options.WeightDecay,
             Schedule = options.LearningRateSchedule,
             EarlyStoppingPatience = options.EarlyStoppingPatience,
+            CheckpointPath = options.CheckpointPath,
+            ResumeFromCheckpoint = options.ResumeFromCheckpoint,
+            DivergenceRetries = options.DivergenceRetries,
             Seed = options.Seed ?? MLNetInternals.GetSeed(_host) ?? Random.Shared.Next(),
             Device = device,
             Decorrelation = new DecorrelationOptions
@@ -242,7 +259,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 {
                     CheckAlive();
                     options.ProgressCallback?.Invoke(new DecorrelatedImageClassificationProgress(step.Epoch, step.Batch, step.BatchesPerEpoch, step.Loss, step.TrainingSeconds));
-                });
+                },
+                onWarning: message => channel.Warning(message));
             var plain = options.UseDecorrelation ? NetworkConversion.ToPlain(network) : network;
             if (!ReferenceEquals(plain, network))
                 network.Dispose();
@@ -353,6 +371,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             options.DecorrelationSampleFraction, "must lie in (0, 1].");
         Check(options.ValidationFraction >= 0 && options.ValidationFraction < 1, nameof(Options.ValidationFraction), options.ValidationFraction, "must lie in [0, 1).");
         Check(options.EarlyStoppingPatience >= 0, nameof(Options.EarlyStoppingPatience), options.EarlyStoppingPatience, "must not be negative.");
+        Check(options.DivergenceRetries >= 0, nameof(Options.DivergenceRetries), options.DivergenceRetries, "must not be negative.");
+        Check(!options.ResumeFromCheckpoint || !string.IsNullOrWhiteSpace(options.CheckpointPath), nameof(Options.ResumeFromCheckpoint), options.ResumeFromCheckpoint,
+            "needs a CheckpointPath.");
         Check(Enum.IsDefined(options.LearningRateSchedule), nameof(Options.LearningRateSchedule), options.LearningRateSchedule, "unknown schedule.");
     }
 }

@@ -69,11 +69,14 @@ public sealed class NetworkTrainer
     /// <param name="onMetrics">Receives the metrics at each evaluation point, or null.</param>
     /// <param name="onStep">Receives the progress of each step, or null.</param>
     /// <param name="cancellation">Stops training before the next step; the network keeps the weights reached.</param>
-    /// <returns>The metrics of every evaluation point.</returns>
-    /// <exception cref="TrainingDivergedException">The loss or a decorrelation matrix turned non-finite.</exception>
+    /// <param name="onWarning">Receives notices: a resumed checkpoint, a recovered divergence. Or null.</param>
+    /// <returns>The metrics of every evaluation point (for a resumed run, those of the earlier epochs too).</returns>
+    /// <exception cref="TrainingDivergedException">The loss or a decorrelation matrix turned non-finite (after the allowed retries).</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellation"/> was triggered.</exception>
+    /// <exception cref="InvalidDataException">The checkpoint to resume from is damaged or belongs to another network.</exception>
     public IReadOnlyList<TrainingMetrics> Train(nn.Module<Tensor, Tensor> network, ImageDataset train, ImageDataset? test = null,
-        Action<TrainingMetrics>? onMetrics = null, Action<StepProgress>? onStep = null, CancellationToken cancellation = default)
+        Action<TrainingMetrics>? onMetrics = null, Action<StepProgress>? onStep = null, CancellationToken cancellation = default,
+        Action<string>? onWarning = null)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(train);
@@ -84,59 +87,165 @@ public sealed class NetworkTrainer
         var options = _options;
         int batchesPerEpoch = (int)((train.Count + options.BatchSize - 1) / options.BatchSize);
         using var session = CreateSession(network, batchesPerEpoch);
+        var run = new RunState(session, new BestWeights(network));
+        using var best = run.Best;
         random.manual_seed(options.Seed + 1);   // the statistics samples
-        var order = new Random(options.Seed);
-        var evaluationSteps = EvaluationSteps(batchesPerEpoch, options.EvaluationsPerEpoch);
-        var history = new List<TrainingMetrics>();
-        using var best = new BestWeights(network);
-        var clock = new Stopwatch();
-        double lossSum = 0;
-        int lossCount = 0;
-        for (int epoch = 1; epoch <= options.Epochs; epoch++)
+        if (options.ResumeFromCheckpoint && File.Exists(options.CheckpointPath))
         {
-            var permutation = Shuffle(train.Count, order);
-            for (int batch = 0; batch < batchesPerEpoch; batch++)
+            using var file = File.OpenRead(options.CheckpointPath!);
+            run.Load(file);
+            onWarning?.Invoke($"Resumed from the checkpoint '{options.CheckpointPath}' after epoch {run.CompletedEpochs}.");
+        }
+        var evaluationSteps = EvaluationSteps(batchesPerEpoch, options.EvaluationsPerEpoch);
+        byte[]? lastGood = options.DivergenceRetries > 0 ? run.Serialize() : null;
+        int retriesLeft = options.DivergenceRetries;
+        while (run.CompletedEpochs < options.Epochs && !run.Stopped)
+        {
+            int epoch = run.CompletedEpochs + 1;
+            try
             {
-                cancellation.ThrowIfCancellationRequested();
-                clock.Start();
-                double loss;
-                using (var scope = NewDisposeScope())
-                {
-                    int start = batch * options.BatchSize;
-                    int count = (int)Math.Min(options.BatchSize, train.Count - start);
-                    var indices = tensor(permutation.AsSpan(start, count).ToArray());
-                    loss = session.Step(train.Images.index_select(0, indices).to(options.Device),
-                                        train.Labels.index_select(0, indices).to(options.Device));
-                }
-                clock.Stop();
-                lossSum += loss;
-                lossCount++;
-                onStep?.Invoke(new StepProgress(epoch, batch + 1, batchesPerEpoch, loss, clock.Elapsed.TotalSeconds));
-
-                int evaluationIndex = evaluationSteps.IndexOf(batch + 1);
-                if (evaluationIndex < 0)
-                    continue;
-                var metrics = new TrainingMetrics
-                {
-                    Epoch = epoch - 1 + (double)(evaluationIndex + 1) / evaluationSteps.Count,
-                    Step = session.StepCount,
-                    TrainLoss = lossSum / lossCount,
-                    TestAccuracy = test is null ? null : Evaluate(network, test, options.EvaluationBatchSize, options.Device),
-                    TrainingSeconds = clock.Elapsed.TotalSeconds,
-                    LearningRate = session.LearningRate,
-                    DecorrelationLoss = session.Decorrelation.TakeMeanLosses(),
-                };
-                lossSum = 0;
-                lossCount = 0;
-                history.Add(metrics);
-                onMetrics?.Invoke(metrics);
+                TrainEpoch(run, epoch, train, test, evaluationSteps, onMetrics, onStep, cancellation);
             }
-            if (options.EarlyStoppingPatience > 0 && best.Offer(epoch, history[^1].TestAccuracy!.Value) && epoch - best.Epoch >= options.EarlyStoppingPatience)
-                break;
+            catch (TrainingDivergedException e) when (retriesLeft > 0 && lastGood is not null)
+            {
+                retriesLeft--;
+                double scale = session.LearningRateScale / 2;
+                using (var state = new MemoryStream(lastGood))
+                    run.Load(state);
+                session.LearningRateScale = scale;
+                onWarning?.Invoke($"{e.Message} Rolled back to the start of epoch {epoch} and halved the learning rates (now ×{session.LearningRateScale}); {retriesLeft} retries left.");
+                continue;
+            }
+            if (options.EarlyStoppingPatience > 0 && best.Offer(epoch, run.History[^1].TestAccuracy!.Value) && epoch - best.Epoch >= options.EarlyStoppingPatience)
+                run.Stopped = true;
+            if (lastGood is not null)
+                lastGood = run.Serialize();
+            if (options.CheckpointPath is { } path)
+                WriteAtomically(path, run.Serialize());
         }
         if (options.EarlyStoppingPatience > 0)
             best.Restore();
-        return history;
+        foreach (var parameter in network.parameters())
+        {
+            if (!isfinite(parameter).all().item<bool>())
+                throw new TrainingDivergedException("Training ended with non-finite weights; the model is not usable.");
+        }
+        return run.History;
+    }
+
+    private void TrainEpoch(RunState run, int epoch, ImageDataset train, ImageDataset? test, List<int> evaluationSteps,
+        Action<TrainingMetrics>? onMetrics, Action<StepProgress>? onStep, CancellationToken cancellation)
+    {
+        var options = _options;
+        var session = run.Session;
+        int batchesPerEpoch = session.StepsPerEpoch;
+        // Each epoch's order depends only on the seed and the epoch, so a resumed run shuffles as an uninterrupted one.
+        var permutation = Shuffle(train.Count, new Random(unchecked(options.Seed * 1_000_003 + epoch)));
+        var clock = new Stopwatch();
+        double lossSum = 0;
+        int lossCount = 0;
+        for (int batch = 0; batch < batchesPerEpoch; batch++)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            clock.Start();
+            double loss;
+            using (var scope = NewDisposeScope())
+            {
+                int start = batch * options.BatchSize;
+                int count = (int)Math.Min(options.BatchSize, train.Count - start);
+                var indices = tensor(permutation.AsSpan(start, count).ToArray());
+                loss = session.Step(train.Images.index_select(0, indices).to(options.Device),
+                                    train.Labels.index_select(0, indices).to(options.Device));
+            }
+            clock.Stop();
+            lossSum += loss;
+            lossCount++;
+            double seconds = run.SecondsBefore + clock.Elapsed.TotalSeconds;
+            onStep?.Invoke(new StepProgress(epoch, batch + 1, batchesPerEpoch, loss, seconds));
+
+            int evaluationIndex = evaluationSteps.IndexOf(batch + 1);
+            if (evaluationIndex < 0)
+                continue;
+            var metrics = new TrainingMetrics
+            {
+                Epoch = epoch - 1 + (double)(evaluationIndex + 1) / evaluationSteps.Count,
+                Step = session.StepCount,
+                TrainLoss = lossSum / lossCount,
+                TestAccuracy = test is null ? null : Evaluate(session.Network, test, options.EvaluationBatchSize, options.Device),
+                TrainingSeconds = seconds,
+                LearningRate = session.LearningRate,
+                DecorrelationLoss = session.Decorrelation.TakeMeanLosses(),
+            };
+            lossSum = 0;
+            lossCount = 0;
+            run.History.Add(metrics);
+            onMetrics?.Invoke(metrics);
+        }
+        run.SecondsBefore += clock.Elapsed.TotalSeconds;
+        run.CompletedEpochs = epoch;
+    }
+
+    private static void WriteAtomically(string path, byte[] content)
+    {
+        string temporary = path + ".tmp";
+        File.WriteAllBytes(temporary, content);
+        File.Move(temporary, path, overwrite: true);
+    }
+
+    /// <summary>Everything a run needs to continue exactly where it was: what checkpoints and rollbacks save.</summary>
+    private sealed class RunState(TrainingSession session, BestWeights best)
+    {
+        private const string Magic = "DBP-CHECKPOINT";
+        private const int Version = 1;
+
+        public TrainingSession Session { get; } = session;
+        public BestWeights Best { get; } = best;
+        public List<TrainingMetrics> History { get; private set; } = [];
+        public int CompletedEpochs { get; set; }
+        public double SecondsBefore { get; set; }
+        public bool Stopped { get; set; }
+
+        public byte[] Serialize()
+        {
+            using var stream = new MemoryStream();
+            using (var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true))
+            {
+                writer.Write(Magic);
+                writer.Write(Version);
+                writer.Write(CompletedEpochs);
+                writer.Write(SecondsBefore);
+                writer.Write(System.Text.Json.JsonSerializer.Serialize(History));
+                using (var rng = random.get_rng_state())
+                    rng.Save(writer);
+                Session.SaveState(writer);
+                Best.Save(writer);
+            }
+            return stream.ToArray();
+        }
+
+        public void Load(Stream stream)
+        {
+            using var reader = new BinaryReader(stream, System.Text.Encoding.UTF8, leaveOpen: true);
+            try
+            {
+                if (reader.ReadString() != Magic || reader.ReadInt32() != Version)
+                    throw new InvalidDataException("It is not a training checkpoint of this version.");
+                CompletedEpochs = reader.ReadInt32();
+                SecondsBefore = reader.ReadDouble();
+                History = System.Text.Json.JsonSerializer.Deserialize<List<TrainingMetrics>>(reader.ReadString()) ?? [];
+                using (var rng = random.get_rng_state())
+                {
+                    rng.Load(reader);
+                    random.set_rng_state(rng);
+                }
+                Session.LoadState(reader);
+                Best.Load(reader);
+            }
+            catch (Exception e) when (e is EndOfStreamException or System.Text.Json.JsonException or IOException)
+            {
+                throw new InvalidDataException($"The training checkpoint is damaged: {e.Message}", e);
+            }
+        }
     }
 
     /// <summary>A copy of the weights of the epoch with the best test accuracy, for early stopping.</summary>
@@ -158,6 +267,42 @@ public sealed class NetworkTrainer
             using var noGrad = no_grad();
             _state = network.state_dict().ToDictionary(entry => entry.Key, entry => entry.Value.detach().clone().DetachFromDisposeScope());
             return false;
+        }
+
+        public void Save(BinaryWriter writer)
+        {
+            writer.Write(_state is not null);
+            if (_state is null)
+                return;
+            writer.Write(_accuracy);
+            writer.Write(Epoch);
+            writer.Write(_state.Count);
+            foreach (var (name, tensor) in _state)
+            {
+                writer.Write(name);
+                tensor.Save(writer);
+            }
+        }
+
+        public void Load(BinaryReader reader)
+        {
+            Dispose();
+            _accuracy = double.NegativeInfinity;
+            Epoch = 0;
+            if (!reader.ReadBoolean())
+                return;
+            _accuracy = reader.ReadDouble();
+            Epoch = reader.ReadInt32();
+            int count = reader.ReadInt32();
+            var current = network.state_dict();
+            _state = new Dictionary<string, Tensor>(count);
+            for (int i = 0; i < count; i++)
+            {
+                string name = reader.ReadString();
+                var tensor = current[name].detach().clone().DetachFromDisposeScope();
+                tensor.Load(reader);
+                _state[name] = tensor;
+            }
         }
 
         public void Restore()

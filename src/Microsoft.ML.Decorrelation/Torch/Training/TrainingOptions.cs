@@ -72,6 +72,26 @@ public sealed class TrainingOptions
     /// </summary>
     public int EarlyStoppingPatience { get; set; }
 
+    /// <summary>
+    /// A file to write a checkpoint to after every epoch (weights, decorrelation matrices, optimizer and
+    /// random state, metrics), through a temporary file renamed into place so that a crash never leaves a
+    /// broken checkpoint; null (the default) writes none.
+    /// </summary>
+    public string? CheckpointPath { get; set; }
+
+    /// <summary>
+    /// Continue from <see cref="CheckpointPath"/> when that file exists: the run then ends with the metrics
+    /// an uninterrupted run would have (on the CPU, with the same seed). Default false.
+    /// </summary>
+    public bool ResumeFromCheckpoint { get; set; }
+
+    /// <summary>
+    /// How many times training may recover from divergence (a non-finite loss or decorrelation matrix) by
+    /// rolling back to the state at the start of the epoch and halving every learning rate. 0 (the default)
+    /// throws <see cref="TrainingDivergedException"/> at the first divergence.
+    /// </summary>
+    public int DivergenceRetries { get; set; }
+
     /// <summary>Test-set evaluations per epoch (at equal step intervals; the last at the epoch's end). Default 1.</summary>
     public int EvaluationsPerEpoch { get; set; } = 1;
 
@@ -106,6 +126,10 @@ public sealed class TrainingOptions
         Positive(EvaluationsPerEpoch, nameof(EvaluationsPerEpoch));
         Positive(EvaluationBatchSize, nameof(EvaluationBatchSize));
         Positive(StepDecayEpochs, nameof(StepDecayEpochs));
+        if (DivergenceRetries < 0)
+            throw new ArgumentOutOfRangeException(nameof(DivergenceRetries), DivergenceRetries, "The number of divergence retries must not be negative.");
+        if (ResumeFromCheckpoint && string.IsNullOrWhiteSpace(CheckpointPath))
+            throw new ArgumentException("ResumeFromCheckpoint needs a CheckpointPath.", nameof(ResumeFromCheckpoint));
         if (EarlyStoppingPatience < 0)
             throw new ArgumentOutOfRangeException(nameof(EarlyStoppingPatience), EarlyStoppingPatience, "The early stopping patience must not be negative.");
         if (!(LearningRate > 0) || double.IsInfinity(LearningRate))

@@ -14,6 +14,8 @@ public sealed class TrainingSession : IDisposable
     private readonly TrainingOptions _options;
     private readonly optim.Optimizer _optimizer;
     private readonly long _totalSteps;
+    private readonly double[] _decorrelationRates;
+    private double _learningRateScale = 1;
 
     internal TrainingSession(nn.Module<Tensor, Tensor> network, TrainingOptions options, int stepsPerEpoch)
     {
@@ -38,6 +40,49 @@ public sealed class TrainingSession : IDisposable
             _ => optim.Adam(network.parameters(), options.LearningRate, weight_decay: options.WeightDecay),
         };
         LearningRate = options.LearningRate;
+        _decorrelationRates = Decorrelation.Layers.Select(layer => layer.LearningRate).ToArray();
+    }
+
+    /// <summary>
+    /// A factor on the scheduled learning rate and on every decorrelation learning rate; 1 at the start,
+    /// halved each time training recovers from divergence.
+    /// </summary>
+    public double LearningRateScale
+    {
+        get => _learningRateScale;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegativeOrZero(value);
+            _learningRateScale = value;
+            for (int i = 0; i < _decorrelationRates.Length; i++)
+                Decorrelation.Layers[i].LearningRate = _decorrelationRates[i] * value;
+        }
+    }
+
+    /// <summary>Writes the network's weights and buffers, the optimizer's state, the step count and the learning-rate scale.</summary>
+    public void SaveState(BinaryWriter writer)
+    {
+        writer.Write(StepCount);
+        writer.Write(_learningRateScale);
+        Network.save(writer);
+        ((TorchSharp.Modules.OptimizerHelper)_optimizer).save_state_dict(writer);
+    }
+
+    /// <summary>Restores what <see cref="SaveState"/> wrote, into a session of the same network and options.</summary>
+    /// <exception cref="InvalidDataException">The state belongs to another network.</exception>
+    public void LoadState(BinaryReader reader)
+    {
+        StepCount = reader.ReadInt64();
+        LearningRateScale = reader.ReadDouble();
+        try
+        {
+            Network.load(reader, strict: true);
+            ((TorchSharp.Modules.OptimizerHelper)_optimizer).load_state_dict(reader);
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or EndOfStreamException or System.Runtime.InteropServices.ExternalException)
+        {
+            throw new InvalidDataException($"The saved training state does not fit this network: {e.Message}", e);
+        }
     }
 
     /// <summary>The network being trained.</summary>
@@ -71,7 +116,7 @@ public sealed class TrainingSession : IDisposable
         using var scope = NewDisposeScope();
         long step = StepCount + 1;
         int epoch = (int)(StepCount / StepsPerEpoch) + 1;
-        LearningRate = _options.LearningRateAt(StepCount, _totalSteps, StepsPerEpoch);
+        LearningRate = _options.LearningRateAt(StepCount, _totalSteps, StepsPerEpoch) * _learningRateScale;
         foreach (var group in _optimizer.ParamGroups)
             group.LearningRate = LearningRate;
 
