@@ -76,11 +76,12 @@ internal sealed class Bench(IAnsiConsole console)
         var interval = new Option<int>("--interval") { Description = "DBP: update R every N steps.", DefaultValueFactory = _ => defaults.Decorrelation.UpdateInterval };
         var convFraction = new Option<double>("--conv-fraction") { Description = "DBP: sample fraction of convolutions.", DefaultValueFactory = _ => defaults.Decorrelation.ConvolutionSampleFraction };
         var linearFraction = new Option<double>("--linear-fraction") { Description = "DBP: sample fraction of linear layers.", DefaultValueFactory = _ => defaults.Decorrelation.LinearSampleFraction };
+        var maxInputSize = new Option<int?>("--max-input-size") { Description = "DBP: leave plain the layers whose input size D exceeds this." };
         var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files." };
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, limit, testLimit, schedule, weightDecay, etaR, kappa, interval, convFraction, linearFraction, data, json,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, limit, testLimit, schedule, weightDecay, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, data, json,
         };
         command.SetAction(result =>
         {
@@ -102,6 +103,7 @@ internal sealed class Bench(IAnsiConsole console)
                 {
                     LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
                     ConvolutionSampleFraction = result.GetValue(convFraction), LinearSampleFraction = result.GetValue(linearFraction),
+                    MaxInputSize = result.GetValue(maxInputSize),
                 },
                 Data = result.GetValue(data),
             };
@@ -125,7 +127,8 @@ internal sealed class Bench(IAnsiConsole console)
         var d = settings.Decorrelation;
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
             $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
-            $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear)."));
+            $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear)" +
+            (d.MaxInputSize is int max ? $", layers with D > {max} left plain." : ".")));
 
         var perSeed = new List<Dictionary<string, object?>>();
         for (int seed = 0; seed < settings.Seeds; seed++)

@@ -15,6 +15,7 @@ internal sealed record MainJobSettings
     public double DecorrelationLearningRate { get; init; } = new DecorrelatedImageClassificationTrainer.Options().DecorrelationLearningRate;
     public double Kappa { get; init; } = new DecorrelatedImageClassificationTrainer.Options().Kappa;
     public double SampleFraction { get; init; } = new DecorrelatedImageClassificationTrainer.Options().DecorrelationSampleFraction;
+    public int UpdateInterval { get; init; } = new DecorrelatedImageClassificationTrainer.Options().DecorrelationUpdateInterval;
     public int Seed { get; init; }
     public string? Data { get; init; }
     public int? TrainLimit { get; init; }
@@ -159,6 +160,7 @@ internal sealed class MainJob(IAnsiConsole console, FashionMnistSource source)
                     DecorrelationLearningRate = settings.DecorrelationLearningRate,
                     Kappa = settings.Kappa,
                     DecorrelationSampleFraction = settings.SampleFraction,
+                    DecorrelationUpdateInterval = settings.UpdateInterval,
                     ValidationSet = test,
                     Seed = settings.Seed,
                     MetricsCallback = m =>

@@ -12,12 +12,13 @@ var learningRate = new Option<double>("--lr") { Description = "Adam learning rat
 var decorrelationRate = new Option<double>("--eta-r") { Description = "DBP: learning rate of the decorrelation matrices.", DefaultValueFactory = _ => new MainJobSettings().DecorrelationLearningRate };
 var kappa = new Option<double>("--kappa") { Description = "DBP: weight of variance normalisation, in [0, 1].", DefaultValueFactory = _ => new MainJobSettings().Kappa };
 var sampleFraction = new Option<double>("--sample-fraction") { Description = "DBP: fraction of each batch feeding the convolutions' statistics.", DefaultValueFactory = _ => new MainJobSettings().SampleFraction };
+var interval = new Option<int>("--interval") { Description = "DBP: update the decorrelation matrices every N steps.", DefaultValueFactory = _ => new MainJobSettings().UpdateInterval };
 var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
 var report = new Option<string>("--report") { Description = "Folder for the model, charts and JSON.", DefaultValueFactory = _ => "report" };
 
 var root = new RootCommand("Decorrelated backpropagation (DBP) against plain backpropagation on Fashion-MNIST, through ML.NET.")
 {
-    epochs, architecture, batchSize, data, seed, learningRate, decorrelationRate, kappa, sampleFraction, limit, report,
+    epochs, architecture, batchSize, data, seed, learningRate, decorrelationRate, kappa, sampleFraction, interval, limit, report,
 };
 root.SetAction(result =>
 {
@@ -32,6 +33,7 @@ root.SetAction(result =>
         DecorrelationLearningRate = result.GetValue(decorrelationRate),
         Kappa = result.GetValue(kappa),
         SampleFraction = result.GetValue(sampleFraction),
+        UpdateInterval = result.GetValue(interval),
         TrainLimit = result.GetValue(limit),
         ReportFolder = result.GetValue(report)!,
     });

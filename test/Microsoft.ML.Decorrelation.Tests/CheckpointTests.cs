@@ -100,7 +100,7 @@ public class CheckpointTests
         var options = new TrainingOptions
         {
             Epochs = 2, BatchSize = 64, Seed = 3, Threads = 2, DivergenceRetries = 30,
-            Decorrelation = new DecorrelationOptions { LearningRate = 1e4 },
+            Decorrelation = new DecorrelationOptions { LearningRate = 1e4, UpdateInterval = 1 },
         };
         using var network = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: true);
         var warnings = new List<string>();

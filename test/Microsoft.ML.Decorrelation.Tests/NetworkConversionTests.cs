@@ -92,6 +92,17 @@ public class NetworkConversionTests
     }
 
     [TestMethod]
+    public void MaxInputSizeLeavesWideLayersPlain()
+    {
+        using var scope = NewDisposeScope();
+        var decorrelated = NetworkConversion.ToDecorrelated(NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage), new DecorrelationOptions { MaxInputSize = 1152 });
+        var layers = decorrelated.modules().OfType<DecorrelatedLayer>().ToArray();
+        Assert.IsTrue(layers.All(l => l.InputSize <= 1152));
+        Assert.AreEqual(14, layers.Length, "stem, layer1 (4), layer2 (4 + shortcut), layer3 (first conv + shortcut), layer4 shortcut, classifier");
+        Assert.AreEqual(21 - 14, decorrelated.modules().OfType<Conv2d>().Count(), "the 3×3 convolutions with D of 2304 or 4608 stay plain");
+    }
+
+    [TestMethod]
     public void GroupedConvolutionIsRejectedWithTheLayerPath()
     {
         using var scope = NewDisposeScope();

@@ -69,7 +69,8 @@ public class TrainingTests
             BatchSize = 128,
             Seed = 7,
             Threads = 2,
-            Decorrelation = new DecorrelationOptions { LearningRate = 1e-2 },
+            // Every step, with the paper's sample fractions: this test is about the algorithm, not the fast defaults.
+            Decorrelation = new DecorrelationOptions { LearningRate = 1e-2, UpdateInterval = 1, ConvolutionSampleFraction = 0.1, LinearSampleFraction = 1 },
         };
         var trainer = new NetworkTrainer(options);
         using var plain = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: false);
@@ -172,7 +173,7 @@ public class TrainingTests
     {
         var options = new TrainingOptions
         {
-            Epochs = 1, Threads = 2, Decorrelation = new DecorrelationOptions { LearningRate = 1e6 },
+            Epochs = 1, Threads = 2, Decorrelation = new DecorrelationOptions { LearningRate = 1e6, UpdateInterval = 1 },
         };
         using var subset = _train.Slice(0, 512);
         using var network = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: true);

@@ -86,6 +86,12 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>Fraction of each batch, in (0, 1], whose patches feed the convolutions' decorrelation statistics. Default 0.1; linear layers use the whole batch.</summary>
         public double DecorrelationSampleFraction = new DecorrelationOptions().ConvolutionSampleFraction;
 
+        /// <summary>
+        /// Update the decorrelation matrices every this many steps; the steps in between skip the statistics.
+        /// The learning rate of the matrices applies per update.
+        /// </summary>
+        public int DecorrelationUpdateInterval = new DecorrelationOptions().UpdateInterval;
+
         /// <summary>Data to measure accuracy on after each epoch; null for none (see <see cref="ValidationFraction"/>).</summary>
         public IDataView? ValidationSet;
 
@@ -231,6 +237,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 LearningRate = options.DecorrelationLearningRate,
                 Kappa = options.Kappa,
                 ConvolutionSampleFraction = options.DecorrelationSampleFraction,
+                UpdateInterval = options.DecorrelationUpdateInterval,
             },
         };
         channel.Info($"Training {options.Architecture} with {(options.UseDecorrelation ? "decorrelated backpropagation" : "backpropagation")} " +
@@ -369,6 +376,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         Check(options.Kappa >= 0 && options.Kappa <= 1, nameof(Options.Kappa), options.Kappa, "must lie in [0, 1].");
         Check(options.DecorrelationSampleFraction > 0 && options.DecorrelationSampleFraction <= 1, nameof(Options.DecorrelationSampleFraction),
             options.DecorrelationSampleFraction, "must lie in (0, 1].");
+        Check(options.DecorrelationUpdateInterval >= 1, nameof(Options.DecorrelationUpdateInterval), options.DecorrelationUpdateInterval, "must be at least 1.");
         Check(options.ValidationFraction >= 0 && options.ValidationFraction < 1, nameof(Options.ValidationFraction), options.ValidationFraction, "must lie in [0, 1).");
         Check(options.EarlyStoppingPatience >= 0, nameof(Options.EarlyStoppingPatience), options.EarlyStoppingPatience, "must not be negative.");
         Check(options.DivergenceRetries >= 0, nameof(Options.DivergenceRetries), options.DivergenceRetries, "must not be negative.");

@@ -11,8 +11,11 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// </remarks>
 public sealed class DecorrelationOptions
 {
-    /// <summary>Learning rate η of the decorrelation matrices. Default 1e-3.</summary>
-    public double LearningRate { get; set; } = 1e-3;
+    /// <summary>
+    /// Learning rate η of the decorrelation matrices, per update. Default 4e-3: with the default
+    /// <see cref="UpdateInterval"/> of 4 that is the paper's 1e-3 per step.
+    /// </summary>
+    public double LearningRate { get; set; } = 4e-3;
 
     /// <summary>
     /// Weight κ ∈ [0, 1] of variance normalisation against decorrelation: 0 decorrelates only,
@@ -22,18 +25,27 @@ public sealed class DecorrelationOptions
 
     /// <summary>
     /// Fraction of each batch's samples, in (0, 1], whose patches feed a convolution's statistics.
-    /// Default 0.1.
+    /// Default 0.03 (4 images of a batch of 128: thousands of patches).
     /// </summary>
-    public double ConvolutionSampleFraction { get; set; } = 0.1;
+    public double ConvolutionSampleFraction { get; set; } = 0.03;
 
-    /// <summary>Fraction of each batch's rows, in (0, 1], that feed a linear layer's statistics. Default 1.</summary>
-    public double LinearSampleFraction { get; set; } = 1.0;
+    /// <summary>Fraction of each batch's rows, in (0, 1], that feed a linear layer's statistics. Default 0.25.</summary>
+    public double LinearSampleFraction { get; set; } = 0.25;
 
     /// <summary>
     /// Update the matrices every this many steps (1 = every step). Steps in between skip the statistics
-    /// entirely. Scale <see cref="LearningRate"/> with it to keep the same decorrelation speed. Default 1.
+    /// entirely. Scale <see cref="LearningRate"/> with it to keep the same decorrelation speed. Default 4:
+    /// on the small CNN it cut the mean step overhead from 1.44× to 1.16× with the same accuracy curve
+    /// (README, Performance).
     /// </summary>
-    public int UpdateInterval { get; set; } = 1;
+    public int UpdateInterval { get; set; } = 4;
+
+    /// <summary>
+    /// Leave plain every layer whose input size D (C_in·kh·kw for a convolution) exceeds this; null (the
+    /// default) decorrelates every layer. The W·R product costs O·D² per step, which dominates the step of
+    /// wide layers on small feature maps (D = 4608 in ResNet-18's last stage).
+    /// </summary>
+    public int? MaxInputSize { get; set; }
 
     /// <summary>Returns a copy of these options.</summary>
     public DecorrelationOptions Clone() => (DecorrelationOptions)MemberwiseClone();
@@ -47,6 +59,8 @@ public sealed class DecorrelationOptions
             throw new ArgumentOutOfRangeException(nameof(Kappa), Kappa, "Kappa must lie in [0, 1].");
         ValidateFraction(ConvolutionSampleFraction, nameof(ConvolutionSampleFraction));
         ValidateFraction(LinearSampleFraction, nameof(LinearSampleFraction));
+        if (MaxInputSize is < 1)
+            throw new ArgumentOutOfRangeException(nameof(MaxInputSize), MaxInputSize, "The largest decorrelated input size must be at least 1.");
         if (UpdateInterval < 1)
             throw new ArgumentOutOfRangeException(nameof(UpdateInterval), UpdateInterval, "The update interval must be at least 1.");
     }

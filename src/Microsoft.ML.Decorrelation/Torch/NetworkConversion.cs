@@ -18,7 +18,7 @@ public static class NetworkConversion
 {
     /// <summary>
     /// Builds the decorrelated twin of <paramref name="network"/>: every Conv2d and Linear (or those
-    /// <paramref name="include"/> accepts) becomes a <see cref="DecorrelatedConv2d"/> or
+    /// <paramref name="include"/> accepts, up to <see cref="DecorrelationOptions.MaxInputSize"/>) becomes a <see cref="DecorrelatedConv2d"/> or
     /// <see cref="DecorrelatedLinear"/> with the same weights and R = I, so the twin computes exactly what
     /// the original computes.
     /// </summary>
@@ -34,7 +34,7 @@ public static class NetworkConversion
         options.Validate();
         return Convert(network, "", (path, module) =>
         {
-            if (include is not null && (module is Conv2d || module is Linear) && !include(path, module))
+            if ((module is Conv2d || module is Linear) && ((include is not null && !include(path, module)) || InputSize(module) > options.MaxInputSize))
                 return CopyLeaf(path, module);
             return module switch
             {
@@ -88,6 +88,13 @@ public static class NetworkConversion
         result.train(module.training);
         return result;
     }
+
+    private static long InputSize(nn.Module module) => module switch
+    {
+        Conv2d conv => conv.in_channels / conv.groups * conv.kernel_size[0] * conv.kernel_size[1],
+        Linear linear => linear.in_features,
+        _ => 0,
+    };
 
     private static nn.Module<Tensor, Tensor> AsTensorModule(nn.Module module, string path)
         => module as nn.Module<Tensor, Tensor>
