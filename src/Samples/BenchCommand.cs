@@ -188,7 +188,6 @@ internal sealed class Bench(IAnsiConsole console)
                 }
             }
             random.manual_seed(seed + 1);
-            var order = new Random(seed);
             int[] evaluationSteps = settings.Steps is null ? [batchesPerEpoch / 2, batchesPerEpoch] : [];
             console.Progress().Start(context =>
             {
@@ -198,7 +197,7 @@ internal sealed class Bench(IAnsiConsole console)
                 {
                     int batch = step % batchesPerEpoch;
                     if (batch == 0)
-                        permutation = Shuffled(train.Count, order);
+                        permutation = NetworkTrainer.EpochOrder(train.Count, seed, step / batchesPerEpoch + 1);
                     using (var scope = NewDisposeScope())
                     {
                         var indices = tensor(permutation.AsSpan(batch * settings.BatchSize, settings.BatchSize).ToArray());
@@ -297,15 +296,6 @@ internal sealed class Bench(IAnsiConsole console)
     private static Func<Device, nn.Module<Tensor, Tensor>> Builder(string benchCase) => benchCase == "resnet18"
         ? device => NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage, device)
         : device => NetworkBuilder.SmallCnn(1, 28, 28, 10, device);
-
-    private static long[] Shuffled(long count, Random random)
-    {
-        var permutation = new long[count];
-        for (long i = 0; i < count; i++)
-            permutation[i] = i;
-        random.Shuffle(permutation);
-        return permutation;
-    }
 
     private static string Ms(double value) => value.ToString("0.0", CultureInfo.InvariantCulture);
 

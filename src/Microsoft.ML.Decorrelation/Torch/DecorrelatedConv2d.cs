@@ -12,9 +12,6 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// <remarks>Grouped convolutions are not supported: R mixes every channel of a patch.</remarks>
 public sealed class DecorrelatedConv2d : DecorrelatedLayer
 {
-    private readonly Parameter weight;
-    private readonly Parameter? bias;
-
     /// <summary>Creates the layer with weights initialised as <c>torch.nn.Conv2d</c> does and R = I.</summary>
     /// <param name="inputChannels">C_in.</param>
     /// <param name="outputChannels">C_out.</param>
@@ -28,24 +25,22 @@ public sealed class DecorrelatedConv2d : DecorrelatedLayer
     public DecorrelatedConv2d(long inputChannels, long outputChannels, (long Height, long Width) kernelSize,
         (long, long)? stride = null, (long, long)? padding = null, (long, long)? dilation = null,
         bool hasBias = true, DecorrelationOptions? options = null, Device? device = null)
-        : base(nameof(DecorrelatedConv2d), inputChannels * kernelSize.Height * kernelSize.Width, options,
-               (options ?? new DecorrelationOptions()).ConvolutionSampleFraction, device)
+        : this(nn.Conv2d(inputChannels, outputChannels, kernelSize, bias: hasBias, device: device), kernelSize, options)
     {
-        InputChannels = inputChannels;
-        OutputChannels = outputChannels;
-        KernelSize = kernelSize;
         Stride = AsArray(stride ?? (1, 1), nameof(stride), minimum: 1);
         Padding = AsArray(padding ?? (0, 0), nameof(padding), minimum: 0);
         Dilation = AsArray(dilation ?? (1, 1), nameof(dilation), minimum: 1);
-        using var template = nn.Conv2d(inputChannels, outputChannels, kernelSize, bias: hasBias, device: device);
-        using var noGrad = no_grad();
-        weight = new Parameter(template.weight!.detach().clone());
-        register_parameter(nameof(weight), weight);
-        if (hasBias)
-        {
-            bias = new Parameter(template.bias!.detach().clone());
-            register_parameter(nameof(bias), bias);
-        }
+    }
+
+    // Borrows nn.Conv2d's initialisation, so that a DBP network starts from the weights its plain twin would.
+    private DecorrelatedConv2d(Conv2d template, (long Height, long Width) kernelSize, DecorrelationOptions? options)
+        : base(nameof(DecorrelatedConv2d), template, template.in_channels * kernelSize.Height * kernelSize.Width, options,
+               (options ?? new DecorrelationOptions()).ConvolutionSampleFraction)
+    {
+        InputChannels = template.in_channels;
+        OutputChannels = template.out_channels;
+        KernelSize = kernelSize;
+        template.Dispose();
     }
 
     /// <summary>C_in, the number of input channels.</summary>
@@ -58,26 +53,20 @@ public sealed class DecorrelatedConv2d : DecorrelatedLayer
     public (long Height, long Width) KernelSize { get; }
 
     /// <summary>Stride (rows, columns).</summary>
-    public long[] Stride { get; }
+    public long[] Stride { get; } = [];
 
     /// <summary>Zero padding (rows, columns).</summary>
-    public long[] Padding { get; }
+    public long[] Padding { get; } = [];
 
     /// <summary>Dilation (rows, columns).</summary>
-    public long[] Dilation { get; }
-
-    /// <inheritdoc />
-    public override Parameter Weight => weight;
-
-    /// <inheritdoc />
-    public override Parameter? Bias => bias;
+    public long[] Dilation { get; } = [];
 
     /// <inheritdoc />
     public override Tensor EffectiveWeight()
-        => weight.view(OutputChannels, InputSize).mm(DecorrelationMatrix).view(weight.shape);
+        => Weight.view(OutputChannels, InputSize).mm(DecorrelationMatrix).view(Weight.shape);
 
     private protected override Tensor ApplyEffectiveWeight(Tensor input, Tensor effectiveWeight)
-        => nn.functional.conv2d(input, effectiveWeight, bias, Stride, Padding, Dilation);
+        => nn.functional.conv2d(input, effectiveWeight, Bias, Stride, Padding, Dilation);
 
     /// <remarks>
     /// R·p for every patch is a convolution whose D filters are the rows of R, so the patches are never

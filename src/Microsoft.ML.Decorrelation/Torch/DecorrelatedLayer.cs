@@ -20,16 +20,19 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// </remarks>
 public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
 {
+    // Field names are the state_dict keys: weight and bias as in the plain layer, then R.
+    private readonly Parameter weight;
+    private readonly Parameter? bias;
     private readonly Tensor decorrelation_matrix;
     private Tensor? _pendingSamples;
 
-    /// <summary>Creates the layer with R = I of size <paramref name="inputSize"/>.</summary>
+    /// <summary>Creates the layer with copies of the given weights and R = I of size <paramref name="inputSize"/>.</summary>
     /// <param name="name">The module's name.</param>
+    /// <param name="template">A plain layer (Linear or Conv2d) whose initial weight and bias are copied.</param>
     /// <param name="inputSize">D, the length of one (unfolded) input vector.</param>
     /// <param name="options">Decorrelation hyper-parameters; null for the defaults.</param>
     /// <param name="sampleFraction">The fraction of each batch that feeds the statistics.</param>
-    /// <param name="device">Where the layer's tensors live.</param>
-    private protected DecorrelatedLayer(string name, long inputSize, DecorrelationOptions? options, double sampleFraction, Device? device)
+    private protected DecorrelatedLayer(string name, nn.Module template, long inputSize, DecorrelationOptions? options, double sampleFraction)
         : base(name)
     {
         options ??= new DecorrelationOptions();
@@ -38,7 +41,18 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         LearningRate = options.LearningRate;
         Kappa = options.Kappa;
         SampleFraction = sampleFraction;
-        decorrelation_matrix = eye(inputSize, dtype: ScalarType.Float32, device: device);
+        using (no_grad())
+        {
+            var initialWeight = template.get_parameter("weight")!;
+            weight = new Parameter(initialWeight.detach().clone());
+            register_parameter(nameof(weight), weight);
+            if (template.get_parameter("bias") is { } initialBias)
+            {
+                bias = new Parameter(initialBias.detach().clone());
+                register_parameter(nameof(bias), bias);
+            }
+            decorrelation_matrix = eye(inputSize, dtype: ScalarType.Float32, device: initialWeight.device);
+        }
         register_buffer(nameof(decorrelation_matrix), decorrelation_matrix, persistent: true);
     }
 
@@ -80,10 +94,10 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     public abstract Tensor EffectiveWeight();
 
     /// <summary>The bias b, or null.</summary>
-    public abstract Parameter? Bias { get; }
+    public Parameter? Bias => bias;
 
     /// <summary>The weight W, shaped as in the plain layer.</summary>
-    public abstract Parameter Weight { get; }
+    public Parameter Weight => weight;
 
     /// <inheritdoc />
     public override Tensor forward(Tensor input)

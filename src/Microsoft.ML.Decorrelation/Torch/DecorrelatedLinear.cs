@@ -10,9 +10,6 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// </summary>
 public sealed class DecorrelatedLinear : DecorrelatedLayer
 {
-    private readonly Parameter weight;
-    private readonly Parameter? bias;
-
     /// <summary>Creates the layer with weights initialised as <c>torch.nn.Linear</c> does and R = I.</summary>
     /// <param name="inputSize">D, the number of input features.</param>
     /// <param name="outputSize">O, the number of output features.</param>
@@ -20,35 +17,26 @@ public sealed class DecorrelatedLinear : DecorrelatedLayer
     /// <param name="options">Decorrelation hyper-parameters; null for the defaults.</param>
     /// <param name="device">Where the layer's tensors live.</param>
     public DecorrelatedLinear(long inputSize, long outputSize, bool hasBias = true, DecorrelationOptions? options = null, Device? device = null)
-        : base(nameof(DecorrelatedLinear), inputSize, options, (options ?? new DecorrelationOptions()).LinearSampleFraction, device)
+        : this(nn.Linear(inputSize, outputSize, hasBias, device), options)
     {
-        OutputSize = outputSize;
-        // Borrow nn.Linear's initialisation so that a DBP network starts from the weights its plain twin would.
-        using var template = nn.Linear(inputSize, outputSize, hasBias, device);
-        using var noGrad = no_grad();
-        weight = new Parameter(template.weight!.detach().clone());
-        register_parameter(nameof(weight), weight);
-        if (hasBias)
-        {
-            bias = new Parameter(template.bias!.detach().clone());
-            register_parameter(nameof(bias), bias);
-        }
+    }
+
+    // Borrows nn.Linear's initialisation, so that a DBP network starts from the weights its plain twin would.
+    private DecorrelatedLinear(Linear template, DecorrelationOptions? options)
+        : base(nameof(DecorrelatedLinear), template, template.in_features, options, (options ?? new DecorrelationOptions()).LinearSampleFraction)
+    {
+        OutputSize = template.out_features;
+        template.Dispose();
     }
 
     /// <summary>O, the number of output features.</summary>
     public long OutputSize { get; }
 
     /// <inheritdoc />
-    public override Parameter Weight => weight;
-
-    /// <inheritdoc />
-    public override Parameter? Bias => bias;
-
-    /// <inheritdoc />
-    public override Tensor EffectiveWeight() => weight.mm(DecorrelationMatrix);
+    public override Tensor EffectiveWeight() => Weight.mm(DecorrelationMatrix);
 
     private protected override Tensor ApplyEffectiveWeight(Tensor input, Tensor effectiveWeight)
-        => nn.functional.linear(input, effectiveWeight, bias);
+        => nn.functional.linear(input, effectiveWeight, Bias);
 
     private protected override Tensor Decorrelate(Tensor samples)
         => samples.reshape(-1, InputSize).mm(DecorrelationMatrix.t());

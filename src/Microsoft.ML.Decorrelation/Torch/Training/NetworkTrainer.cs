@@ -139,8 +139,7 @@ public sealed class NetworkTrainer
         var options = _options;
         var session = run.Session;
         int batchesPerEpoch = session.StepsPerEpoch;
-        // Each epoch's order depends only on the seed and the epoch, so a resumed run shuffles as an uninterrupted one.
-        var permutation = Shuffle(train.Count, new Random(unchecked(options.Seed * 1_000_003 + epoch)));
+        var permutation = EpochOrder(train.Count, options.Seed, epoch);
         var clock = new Stopwatch();
         double lossSum = 0;
         int lossCount = 0;
@@ -363,12 +362,17 @@ public sealed class NetworkTrainer
         return Enumerable.Range(1, points).Select(i => (int)Math.Round((double)i * batches / points)).Distinct().ToList();
     }
 
-    private static long[] Shuffle(long count, Random random)
+    /// <summary>
+    /// The order in which epoch <paramref name="epoch"/> visits <paramref name="count"/> samples: a shuffle that
+    /// depends only on the seed and the epoch, so a resumed run, a benchmark and every arm of a comparison
+    /// see the same batches.
+    /// </summary>
+    public static long[] EpochOrder(long count, int seed, int epoch)
     {
         var permutation = new long[count];
         for (long i = 0; i < count; i++)
             permutation[i] = i;
-        random.Shuffle(permutation);
+        new Random(unchecked(seed * 1_000_003 + epoch)).Shuffle(permutation);
         return permutation;
     }
 }
