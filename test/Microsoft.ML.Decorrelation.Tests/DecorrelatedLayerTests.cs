@@ -92,7 +92,7 @@ public class DecorrelatedLayerTests
     public void LinearUpdateStepEqualsDoublePrecisionReference(int batch, double kappa)
     {
         using var scope = NewDisposeScope();
-        const double eta = 0.05;
+        const double eta = 0.005;   // below 1/λmax of these samples: the stability cap does not apply
         var options = new DecorrelationOptions { LearningRate = eta, Kappa = kappa, LinearSampleFraction = 1 };
         var layer = new DecorrelatedLinear(12, 4, options: options);
         Randomize(layer, 0.3);
@@ -105,9 +105,43 @@ public class DecorrelatedLayerTests
         layer.forward(input);
         double loss = layer.UpdateDecorrelation();
 
+        Assert.AreEqual(eta, layer.LastStepSize, "the step size was not capped");
         Assert.IsLessThan(1e-5, Reference.MaxAbsDifference(Reference.ToMatrix(layer.DecorrelationMatrix), expectedR));
         Assert.AreEqual(expectedLoss, loss, 1e-5 * Math.Max(1, expectedLoss));
         Assert.IsFalse(layer.HasPendingStatistics);
+    }
+
+    [TestMethod]
+    public void PowerIterationFindsTheLargestEigenvalue()
+    {
+        using var scope = NewDisposeScope();
+        // Non-negative samples with a common mean: X has one dominant eigenvalue, in the all-ones direction.
+        var z = rand(500, 64, dtype: ScalarType.Float64) + 1;
+        var x = z.t().mm(z) / 500;
+        double exact = linalg.eigvalsh(x).max().item<double>();
+        Assert.AreEqual(exact, DecorrelationRule.LargestEigenvalue(z.to(ScalarType.Float32)), exact * 0.01);
+        Assert.AreEqual(1e-3, DecorrelationRule.StableStepSize(1e-3, 10));
+        Assert.AreEqual(0.01, DecorrelationRule.StableStepSize(1, 100), 1e-15);
+    }
+
+    [TestMethod]
+    public void StepSizeCapKeepsWideLayersWithLargeMeansStable()
+    {
+        using var scope = NewDisposeScope();
+        const int d = 512;
+        // η·λmax ≈ 0.05 · 512 · 2.3 ≫ 2: the uncapped rule diverges within a few updates.
+        using var layer = new DecorrelatedLinear(d, 4, options: new DecorrelationOptions { LearningRate = 0.05, LinearSampleFraction = 1 });
+        layer.train();
+        var stepSizes = new List<double>();
+        for (int step = 0; step < 30; step++)
+        {
+            using var stepScope = NewDisposeScope();
+            layer.forward(rand(256, d) + 1);
+            Assert.IsTrue(double.IsFinite(layer.UpdateDecorrelation()), $"update {step}");
+            stepSizes.Add(layer.LastStepSize);
+        }
+        Assert.IsLessThan(0.01, stepSizes[0], "the cap applied while the common mean dominated");
+        Assert.IsTrue(isfinite(layer.DecorrelationMatrix).all().item<bool>());
     }
 
     [TestMethod]

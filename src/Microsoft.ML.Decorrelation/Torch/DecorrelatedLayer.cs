@@ -84,6 +84,12 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// </summary>
     public string LayerName { get; set; } = "";
 
+    /// <summary>
+    /// The step size of the last update: <see cref="LearningRate"/>, or less when the stability cap of
+    /// <see cref="DecorrelationRule.StableStepSize"/> applied. NaN before the first update.
+    /// </summary>
+    public double LastStepSize { get; private set; } = double.NaN;
+
     /// <summary>The decorrelation loss measured by the last <see cref="UpdateDecorrelation"/>, or NaN.</summary>
     public double LastDecorrelationLoss { get; private set; } = double.NaN;
 
@@ -165,7 +171,8 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// Applies one step of the update rule with the samples kept by the last training forward pass, then
-    /// forgets them. Does nothing when there are none.
+    /// forgets them. Does nothing when there are none. The step size is <see cref="LearningRate"/>, capped at
+    /// 1/λmax of the samples' second moment (<see cref="DecorrelationRule.StableStepSize"/>).
     /// </summary>
     /// <returns>The decorrelation loss before the step, or NaN when nothing was updated.</returns>
     /// <exception cref="TrainingDivergedException">The loss or the new R is not finite; R keeps its last value.</exception>
@@ -179,7 +186,8 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         _pendingSamples = null;
         var (update, loss) = DecorrelationRule.Compute(samples, decorrelation_matrix, Kappa);
         double lossValue = loss.item<float>();
-        var next = decorrelation_matrix - update.mul_(LearningRate);
+        LastStepSize = DecorrelationRule.StableStepSize(LearningRate, DecorrelationRule.LargestEigenvalue(samples));
+        var next = decorrelation_matrix - update.mul_(LastStepSize);
         if (!double.IsFinite(lossValue) || !double.IsFinite(next.sum().item<float>()))
             throw new TrainingDivergedException(
                 $"The decorrelation matrix of layer '{DisplayName}' diverged (decorrelation loss {lossValue}); it keeps its last finite value. " +

@@ -9,6 +9,39 @@ namespace Microsoft.ML.Decorrelation.Torch;
 public static class DecorrelationRule
 {
     /// <summary>
+    /// An estimate of the largest eigenvalue of X = ZᵀZ/N by a few power iterations (X·v computed as Zᵀ(Z·v)/N,
+    /// never forming X), started from the all-ones direction, which dominates X for non-negative inputs
+    /// such as ReLU activations.
+    /// </summary>
+    /// <param name="decorrelated">Z: N×D.</param>
+    /// <param name="iterations">Power iterations.</param>
+    public static double LargestEigenvalue(Tensor decorrelated, int iterations = 4)
+    {
+        using var scope = NewDisposeScope();
+        double n = decorrelated.shape[0];
+        var v = ones(decorrelated.shape[1], 1, dtype: decorrelated.dtype, device: decorrelated.device);
+        double estimate = 0;
+        for (int i = 0; i < iterations; i++)
+        {
+            var next = decorrelated.t().mm(decorrelated.mm(v)).div_(n);
+            double norm = next.norm().item<float>();
+            estimate = norm / v.norm().item<float>();
+            if (!(norm > 0) || !double.IsFinite(norm))
+                break;
+            v = next.div_(norm);
+        }
+        return estimate;
+    }
+
+    /// <summary>
+    /// The step size actually used: <paramref name="learningRate"/>, capped at 1/λmax(X) so that no direction is
+    /// overshot. Without the cap, R diverges within a few updates once η·λmax exceeds 2, which happens in wide
+    /// layers whose non-negative inputs share a large mean (λmax grows with D).
+    /// </summary>
+    public static double StableStepSize(double learningRate, double largestEigenvalue)
+        => largestEigenvalue > 0 && double.IsFinite(largestEigenvalue) ? Math.Min(learningRate, 1 / largestEigenvalue) : learningRate;
+
+    /// <summary>
     /// Computes the update direction <c>U = [(1−κ)·C + κ·diag(v)]·R</c> and the monitoring loss
     /// <c>((1−κ)·ΣC² + κ·Σv²) / D²</c> from decorrelated samples.
     /// </summary>
