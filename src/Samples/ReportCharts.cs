@@ -10,19 +10,19 @@ internal static class ReportCharts
 
     /// <summary>Test accuracy after each epoch against cumulative training seconds, one line per arm.</summary>
     public static void AccuracyAgainstTime(IReadOnlyList<ArmResult> arms, string path)
-        => LineChart(path, "Fashion-MNIST test accuracy against training time", "cumulative training seconds", "test accuracy (%)",
+        => LineChart(path, "Fashion-MNIST test accuracy against training time", "cumulative training seconds", "test accuracy (%)", legendAtBottom: true,
             arms.Select(a => new ChartSeries(a.Name, a.Epochs.Select(m => m.Seconds).ToArray(),
                 a.Epochs.Select(m => 100 * (m.ValidationAccuracy ?? double.NaN)).ToArray())).ToArray());
 
     /// <summary>Each decorrelated layer's mean decorrelation loss per epoch, on a log10 scale.</summary>
     public static void DecorrelationLoss(IReadOnlyList<DecorrelatedImageClassificationMetrics> epochs, string path)
-        => LineChart(path, "DBP: decorrelation loss of each layer", "epoch", "log10 mean decorrelation loss",
+        => LineChart(path, "DBP: decorrelation loss of each layer", "epoch", "log10 mean decorrelation loss", legendAtBottom: false,
             epochs.SelectMany(m => m.LayerDecorrelationLoss.Keys).Distinct().Select(layer => new ChartSeries(layer,
                 epochs.Select(m => (double)m.Epoch).ToArray(),
                 epochs.Select(m => Math.Log10(m.LayerDecorrelationLoss.GetValueOrDefault(layer, double.NaN))).ToArray())).ToArray());
 
-    /// <summary>A line chart with grid, axis ticks, markers and a legend.</summary>
-    public static void LineChart(string path, string title, string xLabel, string yLabel, IReadOnlyList<ChartSeries> series)
+    /// <summary>A line chart with grid, axis ticks, markers and a legend in the lower or upper right corner.</summary>
+    public static void LineChart(string path, string title, string xLabel, string yLabel, bool legendAtBottom, IReadOnlyList<ChartSeries> series)
     {
         const int width = 960, height = 620, left = 110, right = 30, top = 95, bottom = 80;
         const uint black = 0x000000FF, grid = 0xDDDDDDFF;
@@ -60,7 +60,8 @@ internal static class ReportCharts
                 canvas.DrawLine(X(points[i - 1].First), Y(points[i - 1].Second), X(points[i].First), Y(points[i].Second), color, 3);
             foreach (var (x, y) in points)
                 canvas.FillRectangle((int)X(x) - 4, (int)Y(y) - 4, 9, 9, color);
-            int legendY = top + 10 + 22 * s, legendX = left + plotWidth - 230;
+            int legendY = legendAtBottom ? top + plotHeight - 10 - 22 * (series.Count - s) : top + 10 + 22 * s;
+            int legendX = left + plotWidth - 230;
             canvas.FillRectangle(legendX, legendY + 4, 24, 6, color);
             canvas.DrawText(legendX + 32, legendY, series[s].Name, black);
         }
