@@ -10,11 +10,10 @@ namespace Microsoft.ML.Decorrelation.Tests;
 
 /// <summary>Checkpoints, resuming after an interruption, and recovery from divergence.</summary>
 [TestClass]
-public class CheckpointTests
+public class CheckpointTests : TempFolderTest
 {
     private static ImageDataset _train = null!;
     private static ImageDataset _test = null!;
-    private string _folder = "";
 
     [ClassInitialize]
     public static void LoadData(TestContext _)
@@ -29,13 +28,6 @@ public class CheckpointTests
         _train.Dispose();
         _test.Dispose();
     }
-
-    [TestInitialize]
-    public void CreateFolder() => _folder = Directory.CreateTempSubdirectory("dbp-checkpoint").FullName;
-
-    [TestCleanup]
-    public void DeleteFolder() => Directory.Delete(_folder, recursive: true);
-
     private static nn.Module<Tensor, Tensor> SmallCnn(Device device) => NetworkBuilder.SmallCnn(1, 28, 28, 10, device);
 
     private static TrainingOptions Options(string? checkpoint = null, bool resume = false) => new()
@@ -54,7 +46,7 @@ public class CheckpointTests
         using var uninterrupted = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: true);
         var expected = new NetworkTrainer(options).Train(uninterrupted, _train, _test);
 
-        string checkpoint = Path.Combine(_folder, "run.ckpt");
+        string checkpoint = Path.Combine(TempFolder, "run.ckpt");
         var checkpointed = Options(checkpoint);
         using (var interrupted = NetworkTrainer.CreateNetwork(SmallCnn, checkpointed, decorrelated: true))
         using (var cancellation = new CancellationTokenSource())
@@ -83,7 +75,7 @@ public class CheckpointTests
     [TestMethod]
     public void CheckpointOfAnotherNetworkIsRefused()
     {
-        string checkpoint = Path.Combine(_folder, "run.ckpt");
+        string checkpoint = Path.Combine(TempFolder, "run.ckpt");
         var options = Options(checkpoint);
         options.Epochs = 1;
         using (var network = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: true))

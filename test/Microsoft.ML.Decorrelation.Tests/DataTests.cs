@@ -7,16 +7,8 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Decorrelation.Tests;
 
 [TestClass]
-public class DataTests
+public class DataTests : TempFolderTest
 {
-    private string _folder = "";
-
-    [TestInitialize]
-    public void CreateFolder() => _folder = Directory.CreateTempSubdirectory("idx-tests").FullName;
-
-    [TestCleanup]
-    public void DeleteFolder() => Directory.Delete(_folder, recursive: true);
-
     private static byte[] Idx(byte type, int[] dimensions, byte[] data)
     {
         var bytes = new List<byte> { 0, 0, type, (byte)dimensions.Length };
@@ -28,7 +20,7 @@ public class DataTests
 
     private string Write(string name, byte[] content, bool gzip)
     {
-        var path = Path.Combine(_folder, name);
+        var path = Path.Combine(TempFolder, name);
         if (gzip)
         {
             using var file = File.Create(path);

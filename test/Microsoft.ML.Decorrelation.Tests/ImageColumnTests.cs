@@ -5,24 +5,16 @@ namespace Microsoft.ML.Decorrelation.Tests;
 
 /// <summary>The trainer reads MLImage columns (LoadImages) and encoded bytes (LoadRawImageBytes) as well as pixel vectors.</summary>
 [TestClass]
-public class ImageColumnTests
+public class ImageColumnTests : TempFolderTest
 {
-    private string _folder = "";
-
-    [TestInitialize]
-    public void CreateFolder() => _folder = Directory.CreateTempSubdirectory("dbp-images").FullName;
-
-    [TestCleanup]
-    public void DeleteFolder() => Directory.Delete(_folder, recursive: true);
-
     [TestMethod]
     public void TrainsOnImagesAndOnEncodedBytesAndScoresAfterReload()
     {
         var ml = new MLContext(2);
-        var rows = ml.Data.LoadFromEnumerable(MLNetData.WritePngs(_folder, train: true, count: 300));
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.WritePngs(TempFolder, train: true, count: 300));
         var keyed = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
-        var images = ml.Transforms.LoadImages("Image", _folder, "ImagePath").Fit(keyed).Transform(keyed);
-        var bytes = ml.Transforms.LoadRawImageBytes("Bytes", _folder, "ImagePath").Fit(keyed).Transform(keyed);
+        var images = ml.Transforms.LoadImages("Image", TempFolder, "ImagePath").Fit(keyed).Transform(keyed);
+        var bytes = ml.Transforms.LoadRawImageBytes("Bytes", TempFolder, "ImagePath").Fit(keyed).Transform(keyed);
 
         foreach (var (data, column, channels) in new[] { (images, "Image", 1), (bytes, "Bytes", 3) })
         {
@@ -46,9 +38,9 @@ public class ImageColumnTests
     public void GrayImageReadAsOneChannelEqualsItsPixelVector()
     {
         var ml = new MLContext(2);
-        var rows = ml.Data.LoadFromEnumerable(MLNetData.WritePngs(_folder, train: true, count: 40));
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.WritePngs(TempFolder, train: true, count: 40));
         var keyed = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
-        var data = ml.Transforms.LoadImages("Image", _folder, "ImagePath")
+        var data = ml.Transforms.LoadImages("Image", TempFolder, "ImagePath")
             .Append(ml.Transforms.ResizeImages("Image", 28, 28))
             .Append(ml.Transforms.ExtractPixels("Features", "Image", colorsToExtract: Transforms.Image.ImagePixelExtractingEstimator.ColorBits.Red))
             .Fit(keyed).Transform(keyed);
@@ -65,11 +57,11 @@ public class ImageColumnTests
     public void UndecodableBytesNameTheRow()
     {
         var ml = new MLContext(2);
-        var paths = MLNetData.WritePngs(_folder, train: true, count: 6);
-        File.WriteAllBytes(Path.Combine(_folder, paths[3].ImagePath), [1, 2, 3, 4, 5]);
+        var paths = MLNetData.WritePngs(TempFolder, train: true, count: 6);
+        File.WriteAllBytes(Path.Combine(TempFolder, paths[3].ImagePath), [1, 2, 3, 4, 5]);
         var rows = ml.Data.LoadFromEnumerable(paths);
         var keyed = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
-        var bytes = ml.Transforms.LoadRawImageBytes("Bytes", _folder, "ImagePath").Fit(keyed).Transform(keyed);
+        var bytes = ml.Transforms.LoadRawImageBytes("Bytes", TempFolder, "ImagePath").Fit(keyed).Transform(keyed);
         var trainer = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(new DecorrelatedImageClassificationTrainer.Options { FeatureColumnName = "Bytes" });
         var error = Assert.ThrowsExactly<InvalidDataException>(() => trainer.Fit(bytes));
         StringAssert.Contains(error.Message, "'Bytes', row 3");

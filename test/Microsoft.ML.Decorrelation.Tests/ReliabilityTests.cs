@@ -7,16 +7,8 @@ namespace Microsoft.ML.Decorrelation.Tests;
 
 /// <summary>Bad pixels, damaged model files, determinism, concurrency and memory.</summary>
 [TestClass]
-public class ReliabilityTests
+public class ReliabilityTests : TempFolderTest
 {
-    private string _folder = "";
-
-    [TestInitialize]
-    public void CreateFolder() => _folder = Directory.CreateTempSubdirectory("dbp-reliability").FullName;
-
-    [TestCleanup]
-    public void DeleteFolder() => Directory.Delete(_folder, recursive: true);
-
     private static IDataView Keyed(MLContext ml, IEnumerable<MLNetData.PixelRow> rows)
     {
         var data = ml.Data.LoadFromEnumerable(rows);
@@ -46,7 +38,7 @@ public class ReliabilityTests
     private string SavedModel(MLContext ml, out IDataView data)
     {
         data = Keyed(ml, MLNetData.PixelRows(train: true, count: 64));
-        var path = Path.Combine(_folder, $"model-{Guid.NewGuid():N}.zip");
+        var path = Path.Combine(TempFolder, $"model-{Guid.NewGuid():N}.zip");
         using var model = Train(ml, data);
         ml.Model.Save(model, data.Schema, path);
         return path;
@@ -116,7 +108,7 @@ public class ReliabilityTests
         var ml = new MLContext(1);
         var data = Keyed(ml, MLNetData.PixelRows(train: true, count: 20));
         var other = ml.Transforms.NormalizeMinMax("Features").Fit(data);
-        var path = Path.Combine(_folder, "other.zip");
+        var path = Path.Combine(TempFolder, "other.zip");
         ml.Model.Save(other, data.Schema, path);
         var error = Assert.ThrowsExactly<InvalidDataException>(() => DecorrelatedImageClassificationTransformer.Load(ml, path));
         StringAssert.Contains(error.Message, "holds no DecorrelatedImageClassificationTransformer");

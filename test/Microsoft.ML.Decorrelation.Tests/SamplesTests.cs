@@ -8,17 +8,9 @@ namespace Microsoft.ML.Decorrelation.Tests;
 
 /// <summary>The samples' data-source chain, main job, train and predict commands.</summary>
 [TestClass]
-public class SamplesTests
+public class SamplesTests : TempFolderTest
 {
-    private string _folder = "";
-
-    [TestInitialize]
-    public void CreateFolder() => _folder = Directory.CreateTempSubdirectory("dbp-samples").FullName;
-
-    [TestCleanup]
-    public void DeleteFolder() => Directory.Delete(_folder, recursive: true);
-
-    private string Folder(string name) => Directory.CreateDirectory(Path.Combine(_folder, name)).FullName;
+    private string Folder(string name) => Directory.CreateDirectory(Path.Combine(TempFolder, name)).FullName;
 
     private string CopyOfSubset(string name)
     {
@@ -31,8 +23,8 @@ public class SamplesTests
     /// <summary>A source whose every location is under the test's folder, with no download.</summary>
     private FashionMnistSource Source(Uri? download = null) => new()
     {
-        Debian = Path.Combine(_folder, "debian"),
-        Cache = Path.Combine(_folder, "cache"),
+        Debian = Path.Combine(TempFolder, "debian"),
+        Cache = Path.Combine(TempFolder, "cache"),
         Download = download,
         DownloadTimeout = TimeSpan.FromSeconds(20),
         Subset = FashionMnist.Folder,
@@ -73,7 +65,7 @@ public class SamplesTests
         Assert.AreEqual(FashionMnist.Folder, found.Folder);
         Assert.HasCount(2, source.Notes);
         StringAssert.Contains(source.Notes[1], "Download from http://127.0.0.1:1/ failed");
-        Assert.IsFalse(Directory.Exists(Path.Combine(_folder, "cache")) && Directory.EnumerateFiles(Path.Combine(_folder, "cache"), "*.gz").Any(),
+        Assert.IsFalse(Directory.Exists(Path.Combine(TempFolder, "cache")) && Directory.EnumerateFiles(Path.Combine(TempFolder, "cache"), "*.gz").Any(),
             "nothing half-downloaded is left to be mistaken for data");
     }
 
@@ -107,11 +99,11 @@ public class SamplesTests
         {
             Assert.IsTrue(found.IsSubset, "a truncated download is not used");
             StringAssert.Contains(source.Notes[^1], "failed");
-            Assert.IsFalse(File.Exists(Path.Combine(_folder, "cache", FashionMnistSource.FileNames[0])));
+            Assert.IsFalse(File.Exists(Path.Combine(TempFolder, "cache", FashionMnistSource.FileNames[0])));
         }
         else
         {
-            Assert.AreEqual(Path.Combine(_folder, "cache"), found.Folder);
+            Assert.AreEqual(Path.Combine(TempFolder, "cache"), found.Folder);
             StringAssert.Contains(found.Description, "downloaded");
             Assert.IsTrue(Source().Locate(null).Description.Contains("downloaded earlier"), "the next run finds the cache");
         }
@@ -155,10 +147,10 @@ public class SamplesTests
         foreach (var row in rows.Where(r => r.Label is "Trouser" or "Bag" or "Sneaker"))
         {
             var classFolder = Directory.CreateDirectory(Path.Combine(images, row.Label)).FullName;
-            File.Copy(Path.Combine(_folder, "flat", row.ImagePath), Path.Combine(classFolder, row.ImagePath));
+            File.Copy(Path.Combine(TempFolder, "flat", row.ImagePath), Path.Combine(classFolder, row.ImagePath));
         }
         var (console, output) = CapturedConsole();
-        var modelFile = new FileInfo(Path.Combine(_folder, "model.zip"));
+        var modelFile = new FileInfo(Path.Combine(TempFolder, "model.zip"));
         ImageFolderCommands.RunTrain(console, new DirectoryInfo(images), modelFile, epochs: 3, size: 28, CnnArchitecture.SmallCnn, batchSize: 16, decorrelate: true);
         Assert.IsTrue(modelFile.Exists);
 
@@ -176,7 +168,7 @@ public class SamplesTests
         new MainJob(console, Source()).Run(new MainJobSettings { Epochs = 1, TrainLimit = 1000, TestLimit = 200, ReportFolder = report });
         var pngs = MLNetData.WritePngs(Folder("png"), train: false, count: 4);
         ImageFolderCommands.RunPredict(console, new FileInfo(Path.Combine(report, "model.zip")),
-            pngs.Select(p => new FileInfo(Path.Combine(_folder, "png", p.ImagePath))).ToArray());
+            pngs.Select(p => new FileInfo(Path.Combine(TempFolder, "png", p.ImagePath))).ToArray());
         string text = output.ToString();
         Assert.AreEqual(4, text.Split('\n').Count(line => line.Contains("test-") && line.Contains('%')), text);
     }
