@@ -98,7 +98,8 @@ internal sealed class FashionMnistSource
     private void DownloadTo(string folder)
     {
         Directory.CreateDirectory(folder);
-        using var http = new HttpClient { Timeout = DownloadTimeout };
+        // A network that drops packets silently fails within the connect timeout, not the whole download timeout.
+        using var http = new HttpClient(new SocketsHttpHandler { ConnectTimeout = TimeSpan.FromSeconds(15) }) { Timeout = DownloadTimeout };
         foreach (var name in FileNames)
         {
             string target = Path.Combine(folder, name), partial = target + ".partial";
