@@ -118,10 +118,13 @@ public sealed class NetworkTrainer
             }
             if (options.EarlyStoppingPatience > 0 && best.Offer(epoch, run.History[^1].TestAccuracy!.Value) && epoch - best.Epoch >= options.EarlyStoppingPatience)
                 run.Stopped = true;
+            if (lastGood is null && options.CheckpointPath is null)
+                continue;
+            var endOfEpoch = run.Serialize();
             if (lastGood is not null)
-                lastGood = run.Serialize();
+                lastGood = endOfEpoch;
             if (options.CheckpointPath is { } path)
-                WriteAtomically(path, run.Serialize());
+                WriteAtomically(path, endOfEpoch);
         }
         if (options.EarlyStoppingPatience > 0)
             best.Restore();
