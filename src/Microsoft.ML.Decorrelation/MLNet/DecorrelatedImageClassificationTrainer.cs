@@ -216,8 +216,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             throw new ArgumentException($"The training data has no row with a label in '{options.LabelColumnName}'.", nameof(input));
         channel.Info($"Read {train.Count} training images of {imageInput.Shape} in {clock.Elapsed.TotalSeconds:F1} s.");
 
-        using var validation = ReadValidation(input, imageInput, classCount, trainData, channel, CheckAlive, out var trainPart);
-        using var trainSet = trainPart;
+        using var validation = ReadValidation(input, imageInput, classCount, trainData, channel, CheckAlive, out var trainSet);
+        using var heldOutSplit = ReferenceEquals(trainSet, trainData) ? null : trainSet;
         var (mean, deviation) = trainSet.ChannelStatistics();
         for (int c = 0; c < deviation.Length; c++)
             deviation[c] = deviation[c] > 1e-6f && float.IsFinite(deviation[c]) ? deviation[c] : 1f;
@@ -291,6 +291,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             options.PredictedLabelColumnName, classNames);
     }
 
+    /// <summary>
+    /// The validation images (the ValidationSet, rows held out of <paramref name="train"/>, or none) and, in
+    /// <paramref name="trainPart"/>, the images to train on: <paramref name="train"/> itself unless rows were
+    /// held out, in which case a new dataset that the caller disposes.
+    /// </summary>
     private ImageDataset? ReadValidation(IDataView input, ImageInput imageInput, int classCount, ImageDataset train, IChannel channel, Action checkAlive,
         out ImageDataset trainPart)
     {
@@ -304,7 +309,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive);
             if (skipped > 0)
                 channel.Warning($"Skipped {skipped} validation rows whose label is missing.");
-            trainPart = train.Slice(0, train.Count);
+            trainPart = train;
             return validation;
         }
         if (options.ValidationFraction > 0)
@@ -326,7 +331,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         if (options.EarlyStoppingPatience > 0)
             throw new ArgumentOutOfRangeException(nameof(options.EarlyStoppingPatience), options.EarlyStoppingPatience,
                 "Early stopping needs a ValidationSet or a ValidationFraction above 0.");
-        trainPart = train.Slice(0, train.Count);
+        trainPart = train;
         return null;
     }
 

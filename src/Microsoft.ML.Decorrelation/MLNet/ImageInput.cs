@@ -174,14 +174,14 @@ internal sealed class ImageInput
                 return destination =>
                 {
                     getter(ref bytes);
-                    using var image = Decode(bytes, row.Position);
+                    using var image = Decode(ColumnName, bytes, row.Position);
                     CopyPixels(image, destination, row.Position);
                 };
             }
         }
     }
 
-    private MLImage Decode(VBuffer<byte> bytes, long position)
+    private static MLImage Decode(string columnName, VBuffer<byte> bytes, long position)
     {
         var dense = bytes.DenseValues().ToArray();
         try
@@ -190,7 +190,7 @@ internal sealed class ImageInput
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or IOException or NotSupportedException)
         {
-            throw new InvalidDataException($"Feature column '{ColumnName}', row {position}: the {dense.Length} bytes are not a decodable image.", e);
+            throw new InvalidDataException($"Feature column '{columnName}', row {position}: the {dense.Length} bytes are not a decodable image.", e);
         }
     }
 
@@ -252,7 +252,6 @@ internal sealed class ImageInput
         using var cursor = data.GetRowCursor([column]);
         if (!cursor.MoveNext())
             throw new ArgumentException($"The training data has no rows, so the size of the images in '{column.Name}' is unknown.", nameof(data));
-        var reader = ImageInput.Restore(column.Name, kind, new ImageShape(3, 0, 0));
         if (kind == ImageInputKind.Image)
         {
             MLImage image = null!;
@@ -263,7 +262,7 @@ internal sealed class ImageInput
         }
         VBuffer<byte> bytes = default;
         cursor.GetGetter<VBuffer<byte>>(column)(ref bytes);
-        using var decoded = reader.Decode(bytes, 0);
+        using var decoded = Decode(column.Name, bytes, 0);
         return (decoded.Height, decoded.Width);
     }
 
