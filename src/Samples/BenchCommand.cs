@@ -25,6 +25,8 @@ internal sealed record BenchSettings
     public int? TestLimit { get; init; }
     public LearningRateSchedule Schedule { get; init; } = LearningRateSchedule.Constant;
     public double WeightDecay { get; init; }
+    public int CropPadding { get; init; }
+    public bool HorizontalFlip { get; init; }
     public DecorrelationOptions Decorrelation { get; init; } = new();
     public string? Data { get; init; }
 }
@@ -71,6 +73,8 @@ internal sealed class Bench(IAnsiConsole console)
         var testLimit = new Option<int?>("--test-limit") { Description = "Evaluate on only the first N test images." };
         var schedule = new Option<LearningRateSchedule>("--schedule") { Description = "Learning-rate schedule of every arm.", DefaultValueFactory = _ => defaults.Schedule };
         var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm.", DefaultValueFactory = _ => 0 };
+        var cropPadding = new Option<int>("--crop-padding") { Description = "Augmentation of every arm: random crop after padding by N pixels (0 = off).", DefaultValueFactory = _ => 0 };
+        var flip = new Option<bool>("--flip") { Description = "Augmentation of every arm: random horizontal flip." };
         var etaR = new Option<double>("--eta-r") { Description = "DBP: learning rate of R.", DefaultValueFactory = _ => defaults.Decorrelation.LearningRate };
         var kappa = new Option<double>("--kappa") { Description = "DBP: kappa.", DefaultValueFactory = _ => defaults.Decorrelation.Kappa };
         var interval = new Option<int>("--interval") { Description = "DBP: update R every N steps.", DefaultValueFactory = _ => defaults.Decorrelation.UpdateInterval };
@@ -81,7 +85,7 @@ internal sealed class Bench(IAnsiConsole console)
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, limit, testLimit, schedule, weightDecay, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, data, json,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, limit, testLimit, schedule, weightDecay, cropPadding, flip, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, data, json,
         };
         command.SetAction(result =>
         {
@@ -99,6 +103,8 @@ internal sealed class Bench(IAnsiConsole console)
                 TestLimit = result.GetValue(testLimit),
                 Schedule = result.GetValue(schedule),
                 WeightDecay = result.GetValue(weightDecay),
+                CropPadding = result.GetValue(cropPadding),
+                HorizontalFlip = result.GetValue(flip),
                 Decorrelation = new DecorrelationOptions
                 {
                     LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
@@ -126,7 +132,8 @@ internal sealed class Bench(IAnsiConsole console)
         test.Normalize(mean, deviation);
         var d = settings.Decorrelation;
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
-            $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
+            $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule, weight decay {settings.WeightDecay}, " +
+            $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
             $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear)" +
             (d.MaxInputSize is int max ? $", layers with D > {max} left plain." : ".")));
 
@@ -179,6 +186,7 @@ internal sealed class Bench(IAnsiConsole console)
                     {
                         Epochs = epochs, BatchSize = settings.BatchSize, LearningRate = learningRate, Seed = seed, Threads = settings.Threads,
                         Schedule = settings.Schedule, WeightDecay = settings.WeightDecay, Decorrelation = settings.Decorrelation,
+                        RandomCropPadding = settings.CropPadding, RandomHorizontalFlip = settings.HorizontalFlip,
                     };
                     var network = NetworkTrainer.CreateNetwork(Builder(settings.Case), options, decorrelated);
                     var trainer = new NetworkTrainer(options);
@@ -188,6 +196,7 @@ internal sealed class Bench(IAnsiConsole console)
                 }
             }
             random.manual_seed(seed + 1);
+            var augmentation = new ImageAugmentation(settings.CropPadding, settings.HorizontalFlip, seed);
             int[] evaluationSteps = settings.Steps is null ? [batchesPerEpoch / 2, batchesPerEpoch] : [];
             console.Progress().Start(context =>
             {
@@ -201,7 +210,8 @@ internal sealed class Bench(IAnsiConsole console)
                     using (var scope = NewDisposeScope())
                     {
                         var indices = tensor(permutation.AsSpan(batch * settings.BatchSize, settings.BatchSize).ToArray());
-                        var images = train.Images.index_select(0, indices);
+                        // Augmented once per batch: every arm sees the same images.
+                        var images = augmentation.Apply(train.Images.index_select(0, indices), step / batchesPerEpoch + 1, batch);
                         var labels = train.Labels.index_select(0, indices);
                         for (int k = 0; k < sessions.Count; k++)
                         {

@@ -34,6 +34,7 @@ public class CheckpointTests : TempFolderTest
     {
         Epochs = 3, BatchSize = 64, Seed = 21, Threads = 2, EvaluationsPerEpoch = 2, CheckpointPath = checkpoint, ResumeFromCheckpoint = resume,
         Schedule = LearningRateSchedule.Cosine,
+        RandomCropPadding = 2, RandomHorizontalFlip = true,   // a resumed run must also redraw the same augmentation
     };
 
     private static double[] Figures(IEnumerable<TrainingMetrics> history)

@@ -143,6 +143,7 @@ public sealed class NetworkTrainer
         var session = run.Session;
         int batchesPerEpoch = session.StepsPerEpoch;
         var permutation = EpochOrder(train.Count, options.Seed, epoch);
+        var augmentation = options.CreateAugmentation();
         var clock = new Stopwatch();
         double lossSum = 0;
         int lossCount = 0;
@@ -156,8 +157,8 @@ public sealed class NetworkTrainer
                 int start = batch * options.BatchSize;
                 int count = (int)Math.Min(options.BatchSize, train.Count - start);
                 var indices = tensor(permutation.AsSpan(start, count).ToArray());
-                loss = session.Step(train.Images.index_select(0, indices).to(options.Device),
-                                    train.Labels.index_select(0, indices).to(options.Device));
+                var images = augmentation.Apply(train.Images.index_select(0, indices).to(options.Device), epoch, batch);
+                loss = session.Step(images, train.Labels.index_select(0, indices).to(options.Device));
             }
             clock.Stop();
             lossSum += loss;

@@ -1,3 +1,4 @@
+using Microsoft.ML.Decorrelation.Torch.Data;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -55,6 +56,18 @@ public sealed class TrainingOptions
 
     /// <summary>With <see cref="LearningRateSchedule.Step"/>: the factor applied at each decay. Default 0.1.</summary>
     public double StepDecayFactor { get; set; } = 0.1;
+
+    /// <summary>
+    /// Training-time augmentation: each training image is padded by this many pixels (border replicated) and
+    /// randomly cropped back to its size, i.e. shifted by up to this many pixels. 0 (the default) turns it off.
+    /// </summary>
+    public int RandomCropPadding { get; set; }
+
+    /// <summary>
+    /// Training-time augmentation: mirror each training image left-right with probability ½. Only for data
+    /// whose classes do not change when mirrored (not for digits or text). Default false.
+    /// </summary>
+    public bool RandomHorizontalFlip { get; set; }
 
     /// <summary>
     /// Decorrelation settings applied to every decorrelated layer of the trained network (and used by
@@ -126,6 +139,8 @@ public sealed class TrainingOptions
         Positive(EvaluationsPerEpoch, nameof(EvaluationsPerEpoch));
         Positive(EvaluationBatchSize, nameof(EvaluationBatchSize));
         Positive(StepDecayEpochs, nameof(StepDecayEpochs));
+        if (RandomCropPadding < 0)
+            throw new ArgumentOutOfRangeException(nameof(RandomCropPadding), RandomCropPadding, "The crop padding must not be negative.");
         if (DivergenceRetries < 0)
             throw new ArgumentOutOfRangeException(nameof(DivergenceRetries), DivergenceRetries, "The number of divergence retries must not be negative.");
         if (ResumeFromCheckpoint && string.IsNullOrWhiteSpace(CheckpointPath))
@@ -144,6 +159,9 @@ public sealed class TrainingOptions
             throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "The thread count must be at least 1.");
         Decorrelation?.Validate();
     }
+
+    /// <summary>The augmentation these options ask for (seeded with <see cref="Seed"/>); identity when none.</summary>
+    public ImageAugmentation CreateAugmentation() => new(RandomCropPadding, RandomHorizontalFlip, Seed);
 
     /// <summary>The learning rate at <paramref name="step"/> (0-based) of a run of <paramref name="totalSteps"/>.</summary>
     public double LearningRateAt(long step, long totalSteps, long stepsPerEpoch) => Schedule switch
