@@ -28,6 +28,8 @@ internal sealed record BenchSettings
     public int CropPadding { get; init; }
     public bool HorizontalFlip { get; init; }
     public DecorrelationOptions Decorrelation { get; init; } = new();
+    /// <summary>One DBP arm per entry (per learning rate): the largest decorrelated input size D, null for every layer.</summary>
+    public int?[] MaxInputSizes { get; init; } = [null];
     public string? Data { get; init; }
 }
 
@@ -80,7 +82,11 @@ internal sealed class Bench(IAnsiConsole console)
         var interval = new Option<int>("--interval") { Description = "DBP: update R every N steps.", DefaultValueFactory = _ => defaults.Decorrelation.UpdateInterval };
         var convFraction = new Option<double>("--conv-fraction") { Description = "DBP: sample fraction of convolutions.", DefaultValueFactory = _ => defaults.Decorrelation.ConvolutionSampleFraction };
         var linearFraction = new Option<double>("--linear-fraction") { Description = "DBP: sample fraction of linear layers.", DefaultValueFactory = _ => defaults.Decorrelation.LinearSampleFraction };
-        var maxInputSize = new Option<int?>("--max-input-size") { Description = "DBP: leave plain the layers whose input size D exceeds this." };
+        var maxInputSize = new Option<string>("--max-input-size")
+        {
+            Description = "DBP: leave plain the layers whose input size D exceeds this; comma-separated values (\"all\" = every layer) give one DBP arm each.",
+            DefaultValueFactory = _ => "all",
+        };
         var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files." };
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
@@ -98,7 +104,8 @@ internal sealed class Bench(IAnsiConsole console)
                 LearningRates = result.GetValue(grid)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray(),
                 BatchSize = result.GetValue(batchSize) ?? (benchCase == "resnet18" ? 64 : 128),
                 Threads = result.GetValue(threads),
-                Steps = result.GetValue(steps) ?? (benchCase == "resnet18" ? 30 : null),
+                // ResNet-18 times steps unless epochs are asked for explicitly.
+                Steps = result.GetValue(steps) ?? (benchCase == "resnet18" && result.GetResult(epochs) is null or { Implicit: true } ? 30 : null),
                 TrainLimit = result.GetValue(limit),
                 TestLimit = result.GetValue(testLimit),
                 Schedule = result.GetValue(schedule),
@@ -109,8 +116,9 @@ internal sealed class Bench(IAnsiConsole console)
                 {
                     LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
                     ConvolutionSampleFraction = result.GetValue(convFraction), LinearSampleFraction = result.GetValue(linearFraction),
-                    MaxInputSize = result.GetValue(maxInputSize),
                 },
+                MaxInputSizes = result.GetValue(maxInputSize)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Select(v => v == "all" ? (int?)null : int.Parse(v, CultureInfo.InvariantCulture)).ToArray(),
                 Data = result.GetValue(data),
             };
             var figures = new Bench(AnsiConsole.Console).Run(settings);
@@ -134,8 +142,7 @@ internal sealed class Bench(IAnsiConsole console)
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
             $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule, weight decay {settings.WeightDecay}, " +
             $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
-            $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear)" +
-            (d.MaxInputSize is int max ? $", layers with D > {max} left plain." : ".")));
+            $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear); DBP arms: {string.Join(", ", settings.MaxInputSizes.Select(VariantName))}."));
 
         var perSeed = new List<Dictionary<string, object?>>();
         for (int seed = 0; seed < settings.Seeds; seed++)
@@ -143,22 +150,14 @@ internal sealed class Bench(IAnsiConsole console)
             var arms = RunSeed(settings, seed, train, test);
             perSeed.Add(Summarise(settings, seed, arms));
         }
-        var figures = new Dictionary<string, object?>
+        var figures = new Dictionary<string, object?> { ["case"] = settings.Case, ["settings"] = settings };
+        foreach (var (key, value) in MedianFigures(perSeed))
+            figures[key] = value;
+        if (settings.MaxInputSizes.Length > 1)
         {
-            ["case"] = settings.Case,
-            ["settings"] = settings,
-            ["stepRatio"] = Median(perSeed.Select(s => (double?)s["stepRatio"])),
-            ["meanStepRatio"] = Median(perSeed.Select(s => (double?)s["meanStepRatio"])),
-        };
-        if (settings.Steps is null)
-        {
-            figures["timeToAccuracyRatio"] = Median(perSeed.Select(s => (double?)s["timeToAccuracyRatio"]));
-            figures["timeRatioTo089"] = Median(perSeed.Select(s => (double?)s["timeRatioTo089"]));
-            figures["timeRatioTo090"] = Median(perSeed.Select(s => (double?)s["timeRatioTo090"]));
-            figures["bpBestAccuracy"] = Median(perSeed.Select(s => (double?)s["bpBestAccuracy"]));
-            figures["bpFinalAccuracy"] = Median(perSeed.Select(s => (double?)s["bpFinalAccuracy"]));
-            figures["dbpBestAccuracy"] = Median(perSeed.Select(s => (double?)s["dbpBestAccuracy"]));
-            figures["dbpFinalAccuracy"] = Median(perSeed.Select(s => (double?)s["dbpFinalAccuracy"]));
+            figures["variants"] = Enumerable.Range(0, settings.MaxInputSizes.Length)
+                .Select(v => MedianFigures(perSeed.Select(s => ((List<Dictionary<string, object?>>)s["variants"]!)[v])).Prepend(new("dbpArm", perSeed[0]["variants"] is List<Dictionary<string, object?>> list ? list[v]["dbpArm"] : null)).ToDictionary())
+                .ToList();
         }
         figures["perSeed"] = perSeed;
 
@@ -180,17 +179,21 @@ internal sealed class Bench(IAnsiConsole console)
         {
             foreach (double learningRate in settings.LearningRates)
             {
-                foreach (bool decorrelated in new[] { false, true })
+                // Backprop, then one DBP arm per decorrelated-layer selection.
+                foreach (var (decorrelated, maxInputSize) in settings.MaxInputSizes.Select(m => (true, m)).Prepend((false, null)))
                 {
+                    var decorrelation = settings.Decorrelation.Clone();
+                    decorrelation.MaxInputSize = maxInputSize;
                     var options = new TrainingOptions
                     {
                         Epochs = epochs, BatchSize = settings.BatchSize, LearningRate = learningRate, Seed = seed, Threads = settings.Threads,
-                        Schedule = settings.Schedule, WeightDecay = settings.WeightDecay, Decorrelation = settings.Decorrelation,
+                        Schedule = settings.Schedule, WeightDecay = settings.WeightDecay, Decorrelation = decorrelation,
                         RandomCropPadding = settings.CropPadding, RandomHorizontalFlip = settings.HorizontalFlip,
                     };
                     var network = NetworkTrainer.CreateNetwork(Builder(settings.Case), options, decorrelated);
                     var trainer = new NetworkTrainer(options);
-                    var arm = new BenchArm(decorrelated ? "DBP" : "Backprop", decorrelated, learningRate);
+                    string name = !decorrelated ? "Backprop" : settings.MaxInputSizes.Length == 1 ? "DBP" : "DBP " + VariantName(maxInputSize);
+                    var arm = new BenchArm(name, decorrelated, learningRate);
                     arms.Add(arm);
                     sessions.Add((arm, trainer.CreateSession(network, batchesPerEpoch), trainer));
                 }
@@ -248,9 +251,9 @@ internal sealed class Bench(IAnsiConsole console)
     {
         bool accuracy = settings.Steps is null;
         // Each method at its best learning rate of the grid (by best test accuracy; by median step for timing-only runs).
-        var bp = arms.Where(a => !a.Decorrelated).OrderByDescending(a => accuracy ? a.BestAccuracy : -Median(a.StepMilliseconds)).First();
-        var dbp = arms.Where(a => a.Decorrelated).OrderByDescending(a => accuracy ? a.BestAccuracy : -Median(a.StepMilliseconds)).First();
-        double stepRatio = Median(dbp.StepMilliseconds) / Median(bp.StepMilliseconds);
+        BenchArm Best(IEnumerable<BenchArm> candidates) => candidates.OrderByDescending(a => accuracy ? a.BestAccuracy : -Median(a.StepMilliseconds)).First();
+        var bp = Best(arms.Where(a => !a.Decorrelated));
+        var dbpVariants = arms.Where(a => a.Decorrelated).GroupBy(a => a.Name).Select(Best).ToList();
         var breakdown = new Table().Title($"Seed {seed}: median step and its breakdown (ms)")
             .AddColumns("Arm", "lr", "Step", "Forward", "Statistics", "Backward", "Optimizer", "R update");
         foreach (var arm in arms)
@@ -260,34 +263,13 @@ internal sealed class Bench(IAnsiConsole console)
                 Ms(Median(arm.Timings.Select(t => t.Optimizer.TotalMilliseconds))), Ms(arm.Timings.Average(t => t.DecorrelationUpdate.TotalMilliseconds)));
         }
         console.Write(breakdown);
-        var summary = new Dictionary<string, object?>
-        {
-            ["seed"] = seed,
-            ["bpLearningRate"] = bp.LearningRate,
-            ["dbpLearningRate"] = dbp.LearningRate,
-            ["stepRatio"] = stepRatio,
-            // With an update interval above 1 most DBP steps skip the statistics: the mean, not the median, sets the wall-clock time.
-            ["meanStepRatio"] = dbp.StepMilliseconds.Average() / bp.StepMilliseconds.Average(),
-            ["bpMedianStepMs"] = Median(bp.StepMilliseconds),
-            ["dbpMedianStepMs"] = Median(dbp.StepMilliseconds),
-        };
-        if (accuracy)
-        {
-            double? Ratio(double target) => bp.SecondsTo(target) is double b && dbp.SecondsTo(target) is double d ? b / d : null;
-            double equalSeconds = Math.Min(bp.Seconds, dbp.Seconds);
-            summary["bpBestAccuracy"] = bp.BestAccuracy;
-            summary["bpFinalAccuracy"] = bp.FinalAccuracy;
-            summary["dbpBestAccuracy"] = dbp.BestAccuracy;
-            summary["dbpFinalAccuracy"] = dbp.FinalAccuracy;
-            summary["timeToAccuracyRatio"] = Ratio(bp.BestAccuracy);
-            summary["timeRatioTo089"] = Ratio(0.89);
-            summary["timeRatioTo090"] = Ratio(0.90);
-            summary["equalSeconds"] = equalSeconds;
-            summary["bpAccuracyAtEqualSeconds"] = bp.AccuracyAt(equalSeconds);
-            summary["dbpAccuracyAtEqualSeconds"] = dbp.AccuracyAt(equalSeconds);
-            console.MarkupLine(Markup.Escape($"Seed {seed}: step ratio {stepRatio:F3}; backprop (lr {bp.LearningRate}) best {bp.BestAccuracy:P2} at {bp.SecondsTo(bp.BestAccuracy):F1} s; " +
-                $"DBP (lr {dbp.LearningRate}) reached it at {(dbp.SecondsTo(bp.BestAccuracy) is double t ? $"{t:F1} s" : "never")}, best {dbp.BestAccuracy:P2}, final {dbp.FinalAccuracy:P2}."));
-        }
+        var comparisons = dbpVariants.Select(dbp => Compare(seed, accuracy, bp, dbp)).ToList();
+        // The first DBP arm gives the headline figures; further selections of decorrelated layers are listed beside it.
+        var summary = new Dictionary<string, object?> { ["seed"] = seed };
+        foreach (var (key, value) in comparisons[0])
+            summary[key] = value;
+        if (comparisons.Count > 1)
+            summary["variants"] = comparisons;
         summary["arms"] = arms.Select(a => new
         {
             name = a.Name,
@@ -302,6 +284,59 @@ internal sealed class Bench(IAnsiConsole console)
         }).ToArray();
         return summary;
     }
+
+    private static readonly string[] MedianKeys =
+    [
+        "stepRatio", "meanStepRatio", "timeToAccuracyRatio", "timeRatioTo089", "timeRatioTo090",
+        "bpBestAccuracy", "bpFinalAccuracy", "dbpBestAccuracy", "dbpFinalAccuracy",
+    ];
+
+    /// <summary>The medians over seeds of the figures that every seed has.</summary>
+    private static IEnumerable<KeyValuePair<string, object?>> MedianFigures(IEnumerable<Dictionary<string, object?>> perSeed)
+    {
+        var seeds = perSeed.ToList();
+        return MedianKeys.Where(key => seeds.All(s => s.ContainsKey(key)))
+            .Select(key => new KeyValuePair<string, object?>(key, Median(seeds.Select(s => (double?)s[key]))));
+    }
+
+    /// <summary>The figures of one DBP arm against backprop.</summary>
+    private Dictionary<string, object?> Compare(int seed, bool accuracy, BenchArm bp, BenchArm dbp)
+    {
+        double stepRatio = Median(dbp.StepMilliseconds) / Median(bp.StepMilliseconds);
+        var figures = new Dictionary<string, object?>
+        {
+            ["dbpArm"] = dbp.Name,
+            ["bpLearningRate"] = bp.LearningRate,
+            ["dbpLearningRate"] = dbp.LearningRate,
+            ["stepRatio"] = stepRatio,
+            // With an update interval above 1 most DBP steps skip the statistics: the mean, not the median, sets the wall-clock time.
+            ["meanStepRatio"] = dbp.StepMilliseconds.Average() / bp.StepMilliseconds.Average(),
+            ["bpMedianStepMs"] = Median(bp.StepMilliseconds),
+            ["dbpMedianStepMs"] = Median(dbp.StepMilliseconds),
+        };
+        if (!accuracy)
+        {
+            console.MarkupLine(Markup.Escape($"Seed {seed}, {dbp.Name}: step ratio {stepRatio:F3} (mean {figures["meanStepRatio"]:F3})."));
+            return figures;
+        }
+        double? Ratio(double target) => bp.SecondsTo(target) is double b && dbp.SecondsTo(target) is double d ? b / d : null;
+        double equalSeconds = Math.Min(bp.Seconds, dbp.Seconds);
+        figures["bpBestAccuracy"] = bp.BestAccuracy;
+        figures["bpFinalAccuracy"] = bp.FinalAccuracy;
+        figures["dbpBestAccuracy"] = dbp.BestAccuracy;
+        figures["dbpFinalAccuracy"] = dbp.FinalAccuracy;
+        figures["timeToAccuracyRatio"] = Ratio(bp.BestAccuracy);
+        figures["timeRatioTo089"] = Ratio(0.89);
+        figures["timeRatioTo090"] = Ratio(0.90);
+        figures["equalSeconds"] = equalSeconds;
+        figures["bpAccuracyAtEqualSeconds"] = bp.AccuracyAt(equalSeconds);
+        figures["dbpAccuracyAtEqualSeconds"] = dbp.AccuracyAt(equalSeconds);
+        console.MarkupLine(Markup.Escape($"Seed {seed}, {dbp.Name}: step ratio {stepRatio:F3}; backprop (lr {bp.LearningRate}) best {bp.BestAccuracy:P2} at {bp.SecondsTo(bp.BestAccuracy):F1} s; " +
+            $"DBP (lr {dbp.LearningRate}) reached it at {(dbp.SecondsTo(bp.BestAccuracy) is double t ? $"{t:F1} s" : "never")}, best {dbp.BestAccuracy:P2}, final {dbp.FinalAccuracy:P2}."));
+        return figures;
+    }
+
+    private static string VariantName(int? maxInputSize) => maxInputSize is int max ? $"(D ≤ {max})" : "(all layers)";
 
     private static Func<Device, nn.Module<Tensor, Tensor>> Builder(string benchCase) => benchCase == "resnet18"
         ? device => NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage, device)

@@ -110,6 +110,38 @@ public class SamplesTests : TempFolderTest
     }
 
     [TestMethod]
+    public void BenchComparesEveryDbpArmWithBackpropAndTakesMediansOverSeeds()
+    {
+        var (console, output) = CapturedConsole();
+        var settings = new BenchSettings
+        {
+            Seeds = 2, Epochs = 1, LearningRates = [2e-3], BatchSize = 64, Threads = 2, TrainLimit = 1024, TestLimit = 300,
+            CropPadding = 1, MaxInputSizes = [null, 300], Data = FashionMnist.Folder,
+        };
+
+        var figures = new Bench(console).Run(settings);
+
+        var perSeed = (List<Dictionary<string, object?>>)figures["perSeed"]!;
+        Assert.HasCount(2, perSeed);
+        foreach (var seed in perSeed)
+        {
+            var variants = (List<Dictionary<string, object?>>)seed["variants"]!;
+            CollectionAssert.AreEqual(new[] { "DBP (all layers)", "DBP (D ≤ 300)" }, variants.Select(v => (string)v["dbpArm"]!).ToArray());
+            Assert.AreEqual(seed["stepRatio"], variants[0]["stepRatio"], "the first DBP arm gives the headline");
+            Assert.AreEqual((double)seed["dbpMedianStepMs"]! / (double)seed["bpMedianStepMs"]!, (double)seed["stepRatio"]!, 1e-12);
+            Assert.IsGreaterThan(0.3, (double)seed["bpBestAccuracy"]!);
+            Assert.IsGreaterThan(0.3, (double)variants[1]["dbpFinalAccuracy"]!);
+        }
+        // Two seeds: every median is the mean of the two seeds' figures.
+        foreach (var key in new[] { "stepRatio", "bpBestAccuracy", "dbpFinalAccuracy" })
+            Assert.AreEqual(((double)perSeed[0][key]! + (double)perSeed[1][key]!) / 2, (double)figures[key]!, 1e-12, key);
+        var medianVariants = (List<Dictionary<string, object?>>)figures["variants"]!;
+        Assert.AreEqual("DBP (D ≤ 300)", medianVariants[1]["dbpArm"]);
+        StringAssert.Contains(output.ToString(), "Medians over seeds");
+        StringAssert.Contains(output.ToString(), "crop padding 1");
+    }
+
+    [TestMethod]
     public void MainJobAtTinySizeWritesChartsJsonAndALoadableModel()
     {
         var (console, output) = CapturedConsole();
