@@ -251,4 +251,27 @@ public class TrainerTests
         Assert.IsNull(epochs.Single().DecorrelationLoss);
         Assert.HasCount(300, Scores(model.Transform(data)));
     }
+
+    [TestMethod]
+    public void AugmentationOptionsChangeTrainingReproducibly()
+    {
+        double[] TrainLosses(int cropPadding, bool flip)
+        {
+            var ml = Context();
+            var epochs = new List<DecorrelatedImageClassificationMetrics>();
+            var options = SmallOptions(epochs: 2);
+            options.RandomCropPadding = cropPadding;
+            options.RandomHorizontalFlip = flip;
+            options.MetricsCallback = epochs.Add;
+            var data = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 300));
+            using var model = (IDisposable)ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options)).Fit(data).LastTransformer;
+            return epochs.Select(e => e.TrainLoss).ToArray();
+        }
+
+        var plain = TrainLosses(0, false);
+        var augmented = TrainLosses(2, true);
+        CollectionAssert.AreEqual(augmented, TrainLosses(2, true), "the same seed draws the same augmentation");
+        Assert.AreNotEqual(plain[0], augmented[0], "the augmentation reached the training batches");
+        Assert.AreNotEqual(augmented[0], TrainLosses(2, false)[0], "the flip is drawn too");
+    }
 }
