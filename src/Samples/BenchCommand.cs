@@ -21,6 +21,7 @@ internal sealed record BenchSettings
     public int BatchSize { get; init; } = 128;
     public int Threads { get; init; } = Environment.ProcessorCount;
     public int? Steps { get; init; }
+    public int EvaluationsPerEpoch { get; init; } = 2;
     public int? TrainLimit { get; init; }
     public int? TestLimit { get; init; }
     public LearningRateSchedule Schedule { get; init; } = LearningRateSchedule.Constant;
@@ -71,6 +72,7 @@ internal sealed class Bench(IAnsiConsole console)
         var batchSize = new Option<int?>("--batch-size") { Description = "Images per step (default 128; 64 for resnet18)." };
         var threads = new Option<int>("--threads") { Description = "CPU threads for Torch.", DefaultValueFactory = _ => defaults.Threads };
         var steps = new Option<int?>("--steps") { Description = "Time this many steps per arm and stop (no accuracy); default for resnet18: 30." };
+        var evaluations = new Option<int>("--evaluations-per-epoch") { Description = "Test-set evaluations per epoch (not counted as training time).", DefaultValueFactory = _ => defaults.EvaluationsPerEpoch };
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
         var testLimit = new Option<int?>("--test-limit") { Description = "Evaluate on only the first N test images." };
         var schedule = new Option<LearningRateSchedule>("--schedule") { Description = "Learning-rate schedule of every arm.", DefaultValueFactory = _ => defaults.Schedule };
@@ -92,7 +94,7 @@ internal sealed class Bench(IAnsiConsole console)
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, limit, testLimit, schedule, weightDecay, cropPadding, flip, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, backpropOnly, data, json,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, backpropOnly, data, json,
         };
         command.SetAction(result =>
         {
@@ -107,6 +109,7 @@ internal sealed class Bench(IAnsiConsole console)
                 Threads = result.GetValue(threads),
                 // ResNet-18 times steps unless epochs are asked for explicitly.
                 Steps = result.GetValue(steps) ?? (benchCase == "resnet18" && result.GetResult(epochs) is null or { Implicit: true } ? 30 : null),
+                EvaluationsPerEpoch = result.GetValue(evaluations),
                 TrainLimit = result.GetValue(limit),
                 TestLimit = result.GetValue(testLimit),
                 Schedule = result.GetValue(schedule),
@@ -133,6 +136,8 @@ internal sealed class Bench(IAnsiConsole console)
     public Dictionary<string, object?> Run(BenchSettings settings)
     {
         settings.Decorrelation.Validate();
+        if (settings.EvaluationsPerEpoch < 1)
+            throw new ArgumentOutOfRangeException(nameof(settings.EvaluationsPerEpoch), settings.EvaluationsPerEpoch, "--evaluations-per-epoch must be at least 1.");
         var source = new FashionMnistSource().Locate(settings.Data);
         using var train = FashionMnistSource.Load(source, train: true, settings.Steps is int s ? s * settings.BatchSize : settings.TrainLimit);
         using var test = FashionMnistSource.Load(source, train: false, settings.TestLimit);
@@ -201,7 +206,9 @@ internal sealed class Bench(IAnsiConsole console)
             }
             random.manual_seed(seed + 1);
             var augmentation = new ImageAugmentation(settings.CropPadding, settings.HorizontalFlip, seed);
-            int[] evaluationSteps = settings.Steps is null ? [batchesPerEpoch / 2, batchesPerEpoch] : [];
+            int[] evaluationSteps = settings.Steps is null
+                ? Enumerable.Range(1, settings.EvaluationsPerEpoch).Select(i => Math.Max(1, i * batchesPerEpoch / settings.EvaluationsPerEpoch)).Distinct().ToArray()
+                : [];
             console.Progress().Start(context =>
             {
                 var task = context.AddTask($"Seed {seed}: {sessions.Count} arms interleaved", maxValue: totalSteps);

@@ -116,7 +116,7 @@ public class SamplesTests : TempFolderTest
         var settings = new BenchSettings
         {
             Seeds = 2, Epochs = 1, LearningRates = [2e-3], BatchSize = 64, Threads = 2, TrainLimit = 1024, TestLimit = 300,
-            CropPadding = 1, MaxInputSizes = [null, 300], Data = FashionMnist.Folder,
+            CropPadding = 1, MaxInputSizes = [null, 300], Data = FashionMnist.Folder, EvaluationsPerEpoch = 3,
         };
 
         var figures = new Bench(console).Run(settings);
@@ -139,6 +139,12 @@ public class SamplesTests : TempFolderTest
         Assert.AreEqual("DBP (D ≤ 300)", medianVariants[1]["dbpArm"]);
         StringAssert.Contains(output.ToString(), "Medians over seeds");
         StringAssert.Contains(output.ToString(), "crop padding 1");
+        using var json = JsonDocument.Parse(JsonSerializer.Serialize(figures));
+        foreach (var arm in json.RootElement.GetProperty("perSeed")[1].GetProperty("arms").EnumerateArray())
+        {
+            var epochs = arm.GetProperty("evaluations").EnumerateArray().Select(e => e.GetProperty("epoch").GetDouble()).ToArray();
+            CollectionAssert.AreEqual(new[] { 5 / 16.0, 10 / 16.0, 1.0 }, epochs, arm.GetProperty("name").GetString());
+        }
     }
 
     [TestMethod]
