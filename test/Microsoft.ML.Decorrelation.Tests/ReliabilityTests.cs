@@ -135,6 +135,21 @@ public class ReliabilityTests : TempFolderTest
             CollectionAssert.AreEqual(first[i], second[i], $"row {i}");
     }
 
+    [TestMethod]
+    public void TheContextsSeedChoosesTheHeldOutRowsAsAnExplicitSeedWould()
+    {
+        double?[] ValidationAccuracies(int contextSeed, int? optionSeed)
+        {
+            var ml = new MLContext(contextSeed);
+            var data = Keyed(ml, MLNetData.PixelRows(train: true, count: 400));
+            var collected = new List<DecorrelatedImageClassificationMetrics>();
+            var options = new DecorrelatedImageClassificationTrainer.Options { MaxEpoch = 1, ValidationFraction = 0.25, Seed = optionSeed, MetricsCallback = collected.Add };
+            using var model = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(data);
+            return collected.Select(e => e.ValidationAccuracy).ToArray();
+        }
+        CollectionAssert.AreEqual(ValidationAccuracies(3, optionSeed: 3), ValidationAccuracies(3, optionSeed: null));
+    }
+
     private sealed class Prediction
     {
         public float[] Score { get; set; } = [];

@@ -231,7 +231,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             throw new ArgumentException($"The training data has no row with a label in '{options.LabelColumnName}'.", nameof(input));
         channel.Info($"Read {train.Count} training images of {imageInput.Shape} in {clock.Elapsed.TotalSeconds:F1} s.");
 
-        using var validation = ReadValidation(input, imageInput, classCount, trainData, channel, CheckAlive, out var trainSet);
+        // One seed for everything random in this run: the held-out rows, the weights, the batch order, the samples.
+        int seed = options.Seed ?? MLNetInternals.GetSeed(_host) ?? Random.Shared.Next();
+        using var validation = ReadValidation(input, imageInput, classCount, trainData, seed, channel, CheckAlive, out var trainSet);
         using var heldOutSplit = ReferenceEquals(trainSet, trainData) ? null : trainSet;
         var (mean, deviation) = trainSet.ChannelStatistics();
         for (int c = 0; c < deviation.Length; c++)
@@ -254,7 +256,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             CheckpointPath = options.CheckpointPath,
             ResumeFromCheckpoint = options.ResumeFromCheckpoint,
             DivergenceRetries = options.DivergenceRetries,
-            Seed = options.Seed ?? MLNetInternals.GetSeed(_host) ?? Random.Shared.Next(),
+            Seed = seed,
             Device = device,
             Decorrelation = new DecorrelationOptions
             {
@@ -313,7 +315,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
     /// <paramref name="trainPart"/>, the images to train on: <paramref name="train"/> itself unless rows were
     /// held out, in which case a new dataset that the caller disposes.
     /// </summary>
-    private ImageDataset? ReadValidation(IDataView input, ImageInput imageInput, int classCount, ImageDataset train, IChannel channel, Action checkAlive,
+    private ImageDataset? ReadValidation(IDataView input, ImageInput imageInput, int classCount, ImageDataset train, int seed, IChannel channel, Action checkAlive,
         out ImageDataset trainPart)
     {
         var options = _options;
@@ -336,7 +338,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 throw new ArgumentOutOfRangeException(nameof(options.ValidationFraction), options.ValidationFraction,
                     $"A validation fraction of {options.ValidationFraction} of {train.Count} rows leaves no validation or no training rows.");
             using var scope = NewDisposeScope();
-            random.manual_seed(options.Seed ?? 0);
+            random.manual_seed(seed);
             var order = randperm(train.Count);
             var validation = new ImageDataset(train.Images.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(),
                 train.Labels.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(), classCount);
