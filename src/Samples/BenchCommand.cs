@@ -50,6 +50,9 @@ internal sealed class BenchArm(string name, bool decorrelated, double learningRa
     /// <summary>Training seconds when the arm first reached <paramref name="accuracy"/>, or null.</summary>
     public double? SecondsTo(double accuracy) => Evaluations.Where(e => e.Accuracy >= accuracy).Select(e => (double?)e.Seconds).FirstOrDefault();
 
+    /// <summary>The epoch (fractional) when the arm first reached <paramref name="accuracy"/>, or null.</summary>
+    public double? EpochTo(double accuracy) => Evaluations.Where(e => e.Accuracy >= accuracy).Select(e => (double?)e.Epoch).FirstOrDefault();
+
     /// <summary>The accuracy of the last evaluation at or before <paramref name="seconds"/> of training.</summary>
     public double AccuracyAt(double seconds) => Evaluations.Where(e => e.Seconds <= seconds + 1e-9).Select(e => e.Accuracy).DefaultIfEmpty(double.NaN).Last();
 }
@@ -295,7 +298,7 @@ internal sealed class Bench(IAnsiConsole console)
 
     private static readonly string[] MedianKeys =
     [
-        "bpMedianStepMs", "stepRatio", "meanStepRatio", "timeToAccuracyRatio", "timeRatioTo089", "timeRatioTo090",
+        "bpMedianStepMs", "stepRatio", "meanStepRatio", "timeToAccuracyRatio", "epochsToAccuracyRatio", "timeRatioTo089", "timeRatioTo090",
         "bpBestAccuracy", "bpFinalAccuracy", "dbpBestAccuracy", "dbpFinalAccuracy",
     ];
 
@@ -334,6 +337,8 @@ internal sealed class Bench(IAnsiConsole console)
         figures["dbpBestAccuracy"] = dbp.BestAccuracy;
         figures["dbpFinalAccuracy"] = dbp.FinalAccuracy;
         figures["timeToAccuracyRatio"] = Ratio(bp.BestAccuracy);
+        // The same in epochs: what the time ratio would be if a DBP step cost no more than a backprop step.
+        figures["epochsToAccuracyRatio"] = bp.EpochTo(bp.BestAccuracy) is double be && dbp.EpochTo(bp.BestAccuracy) is double de ? be / de : null;
         figures["timeRatioTo089"] = Ratio(0.89);
         figures["timeRatioTo090"] = Ratio(0.90);
         figures["equalSeconds"] = equalSeconds;
