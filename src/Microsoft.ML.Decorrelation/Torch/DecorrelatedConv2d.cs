@@ -35,7 +35,7 @@ public sealed class DecorrelatedConv2d : DecorrelatedLayer
     // Borrows nn.Conv2d's initialisation, so that a DBP network starts from the weights its plain twin would.
     private DecorrelatedConv2d(Conv2d template, (long Height, long Width) kernelSize, DecorrelationOptions? options)
         : base(nameof(DecorrelatedConv2d), template, template.in_channels * kernelSize.Height * kernelSize.Width, options,
-               (options ?? new DecorrelationOptions()).ConvolutionSampleFraction)
+               (options ?? new DecorrelationOptions()).ConvolutionSampleFraction, groups: template.in_channels)
     {
         InputChannels = template.in_channels;
         OutputChannels = template.out_channels;
@@ -63,19 +63,19 @@ public sealed class DecorrelatedConv2d : DecorrelatedLayer
 
     /// <inheritdoc />
     public override Tensor EffectiveWeight()
-        => Weight.view(OutputChannels, InputSize).mm(DecorrelationMatrix).view(Weight.shape);
+        => TimesR(Weight.view(OutputChannels, InputSize)).view(Weight.shape);
 
     private protected override Tensor ApplyEffectiveWeight(Tensor input, Tensor effectiveWeight)
         => nn.functional.conv2d(input, effectiveWeight, Bias, Stride, Padding, Dilation);
 
     /// <remarks>
     /// R·p for every patch is a convolution whose D filters are the rows of R, so the patches are never
-    /// unfolded into memory.
+    /// unfolded into memory; with a block-diagonal R it is a grouped convolution, one group per block.
     /// </remarks>
     private protected override Tensor Decorrelate(Tensor samples)
     {
-        var filters = DecorrelationMatrix.view(InputSize, InputChannels, KernelSize.Height, KernelSize.Width);
-        var decorrelated = nn.functional.conv2d(samples, filters, null, Stride, Padding, Dilation);
+        var filters = DecorrelationMatrix.view(InputSize, InputChannels / BlockCount, KernelSize.Height, KernelSize.Width);
+        var decorrelated = nn.functional.conv2d(samples, filters, null, Stride, Padding, Dilation, groups: BlockCount);
         return decorrelated.permute(0, 2, 3, 1).reshape(-1, InputSize);
     }
 

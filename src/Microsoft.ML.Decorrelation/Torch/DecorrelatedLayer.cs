@@ -11,7 +11,9 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// <remarks>
 /// <para>R (D×D, D = the length of one input vector or unfolded patch) starts as the identity and is a
 /// persistent buffer named <c>decorrelation_matrix</c>: it is saved with the weights but never seen by the
-/// optimizer or autograd.</para>
+/// optimizer or autograd. When D exceeds <see cref="DecorrelationOptions.MaxBlockSize"/>, R is
+/// block-diagonal: G blocks of d×d (d = D/G) over consecutive groups of input channels, stored as a
+/// G×d×d tensor, which cuts the W·R product and the update by a factor G.</para>
 /// <para>The forward pass builds the effective weight <c>M = W·R</c> once and runs one ordinary
 /// linear or convolution call, so autograd gives <c>∂L/∂W = (∂L/∂M)·Rᵀ</c>, the gradient with respect to
 /// the decorrelated input. In training mode, when <see cref="CollectStatistics"/> is set, the forward
@@ -32,12 +34,15 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// <param name="inputSize">D, the length of one (unfolded) input vector.</param>
     /// <param name="options">Decorrelation hyper-parameters; null for the defaults.</param>
     /// <param name="sampleFraction">The fraction of each batch that feeds the statistics.</param>
-    private protected DecorrelatedLayer(string name, nn.Module template, long inputSize, DecorrelationOptions? options, double sampleFraction)
+    /// <param name="groups">The units R may be split between: input channels for a convolution, features for a linear layer.</param>
+    private protected DecorrelatedLayer(string name, nn.Module template, long inputSize, DecorrelationOptions? options, double sampleFraction, long groups)
         : base(name)
     {
         options ??= new DecorrelationOptions();
         options.Validate();
         InputSize = inputSize;
+        BlockCount = ChooseBlockCount(groups, inputSize / groups, options.MaxBlockSize);
+        BlockSize = inputSize / BlockCount;
         LearningRate = options.LearningRate;
         Kappa = options.Kappa;
         SampleFraction = sampleFraction;
@@ -51,7 +56,9 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
                 bias = new Parameter(initialBias.detach().clone());
                 register_parameter(nameof(bias), bias);
             }
-            decorrelation_matrix = eye(inputSize, dtype: ScalarType.Float32, device: initialWeight.device);
+            decorrelation_matrix = BlockCount == 1
+                ? eye(inputSize, dtype: ScalarType.Float32, device: initialWeight.device)
+                : eye(BlockSize, dtype: ScalarType.Float32, device: initialWeight.device).repeat(BlockCount, 1, 1);
         }
         register_buffer(nameof(decorrelation_matrix), decorrelation_matrix, persistent: true);
     }
@@ -59,8 +66,60 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// <summary>D, the length of one input vector (linear) or unfolded patch C·kh·kw (convolution).</summary>
     public long InputSize { get; }
 
-    /// <summary>The decorrelation matrix R (D×D). Modify only under <c>torch.no_grad()</c>.</summary>
+    /// <summary>
+    /// The decorrelation matrix R as stored: D×D, or its G diagonal blocks as G×d×d when <see cref="BlockCount"/>
+    /// is above 1. Modify only under <c>torch.no_grad()</c>.
+    /// </summary>
     public Tensor DecorrelationMatrix => decorrelation_matrix;
+
+    /// <summary>G, the number of diagonal blocks of R (1 for a full matrix).</summary>
+    public long BlockCount { get; }
+
+    /// <summary>d = D / G, the side of each diagonal block of R.</summary>
+    public long BlockSize { get; }
+
+    /// <summary>R as a full D×D matrix (a new tensor; zeros outside the diagonal blocks).</summary>
+    public Tensor DenseDecorrelationMatrix()
+    {
+        if (BlockCount == 1)
+            return decorrelation_matrix.clone();
+        using var scope = NewDisposeScope();
+        return block_diag(decorrelation_matrix.unbind(0)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The fewest blocks G, a divisor of <paramref name="groups"/>, whose size (groups / G)·unit fits
+    /// <paramref name="maxBlockSize"/>; one block per group when even that does not fit.
+    /// </summary>
+    private static long ChooseBlockCount(long groups, long unit, int? maxBlockSize)
+    {
+        if (maxBlockSize is not int max || groups * unit <= max)
+            return 1;
+        for (long count = 2; count < groups; count++)
+        {
+            if (groups % count == 0 && groups / count * unit <= max)
+                return count;
+        }
+        return groups;
+    }
+
+    /// <summary>
+    /// Rows of decorrelated samples (N×D) seen block by block: N×D itself for a full R, otherwise G×N×d,
+    /// the layout of the stored blocks.
+    /// </summary>
+    private protected Tensor PerBlock(Tensor rows)
+        => BlockCount == 1 ? rows : rows.view(rows.shape[0], BlockCount, BlockSize).transpose(0, 1);
+
+    /// <summary>
+    /// <paramref name="weight"/> (O×D) times R: one product with the full matrix, or one per block.
+    /// </summary>
+    private protected Tensor TimesR(Tensor weight)
+    {
+        if (BlockCount == 1)
+            return weight.mm(decorrelation_matrix);
+        long outputs = weight.shape[0];
+        return weight.view(outputs, BlockCount, BlockSize).transpose(0, 1).bmm(decorrelation_matrix).transpose(0, 1).reshape(outputs, InputSize);
+    }
 
     /// <summary>Learning rate η of R.</summary>
     public double LearningRate { get; set; }
@@ -85,8 +144,9 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     public string LayerName { get; set; } = "";
 
     /// <summary>
-    /// The step size of the last update: <see cref="LearningRate"/>, or less when the stability cap of
-    /// <see cref="DecorrelationRule.StableStepSize"/> applied. NaN before the first update.
+    /// The step size of the last update (the smallest over the blocks of a block-diagonal R):
+    /// <see cref="LearningRate"/>, or less when the stability cap of <see cref="DecorrelationRule.StableStepSize"/>
+    /// applied. NaN before the first update.
     /// </summary>
     public double LastStepSize { get; private set; } = double.NaN;
 
@@ -166,13 +226,14 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
             return double.NaN;
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        return DecorrelationRule.Compute(_pendingSamples, decorrelation_matrix, Kappa).Loss.item<float>();
+        return DecorrelationRule.Compute(PerBlock(_pendingSamples), decorrelation_matrix, Kappa).Loss.item<float>();
     }
 
     /// <summary>
     /// Applies one step of the update rule with the samples kept by the last training forward pass, then
     /// forgets them. Does nothing when there are none. The step size is <see cref="LearningRate"/>, capped at
-    /// 1/λmax of the samples' second moment (<see cref="DecorrelationRule.StableStepSize"/>).
+    /// 1/λmax of the samples' second moment (<see cref="DecorrelationRule.StableStepSize"/>); each block of a
+    /// block-diagonal R is capped by its own λmax.
     /// </summary>
     /// <returns>The decorrelation loss before the step, or NaN when nothing was updated.</returns>
     /// <exception cref="TrainingDivergedException">The loss or the new R is not finite; R keeps its last value.</exception>
@@ -184,10 +245,14 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         using var samples = _pendingSamples;
         _pendingSamples = null;
-        var (update, loss) = DecorrelationRule.Compute(samples, decorrelation_matrix, Kappa);
+        var blocks = PerBlock(samples);
+        var (update, loss) = DecorrelationRule.Compute(blocks, decorrelation_matrix, Kappa);
         double lossValue = loss.item<float>();
-        LastStepSize = DecorrelationRule.StableStepSize(LearningRate, DecorrelationRule.LargestEigenvalue(samples));
-        var next = decorrelation_matrix - update.mul_(LastStepSize);
+        var stepSizes = DecorrelationRule.LargestEigenvalues(blocks).Select(lambda => DecorrelationRule.StableStepSize(LearningRate, lambda)).ToArray();
+        LastStepSize = stepSizes.Min();
+        var next = BlockCount == 1
+            ? decorrelation_matrix - update.mul_(stepSizes[0])
+            : decorrelation_matrix - update.mul_(tensor(stepSizes, device: update.device).to(update.dtype).view(BlockCount, 1, 1));
         if (!double.IsFinite(lossValue) || !double.IsFinite(next.sum().item<float>()))
             throw new TrainingDivergedException(
                 $"The decorrelation matrix of layer '{DisplayName}' diverged (decorrelation loss {lossValue}); it keeps its last finite value. " +

@@ -23,7 +23,8 @@ public sealed class DecorrelatedLinear : DecorrelatedLayer
 
     // Borrows nn.Linear's initialisation, so that a DBP network starts from the weights its plain twin would.
     private DecorrelatedLinear(Linear template, DecorrelationOptions? options)
-        : base(nameof(DecorrelatedLinear), template, template.in_features, options, (options ?? new DecorrelationOptions()).LinearSampleFraction)
+        : base(nameof(DecorrelatedLinear), template, template.in_features, options, (options ?? new DecorrelationOptions()).LinearSampleFraction,
+               groups: template.in_features)
     {
         OutputSize = template.out_features;
         template.Dispose();
@@ -33,11 +34,17 @@ public sealed class DecorrelatedLinear : DecorrelatedLayer
     public long OutputSize { get; }
 
     /// <inheritdoc />
-    public override Tensor EffectiveWeight() => Weight.mm(DecorrelationMatrix);
+    public override Tensor EffectiveWeight() => TimesR(Weight);
 
     private protected override Tensor ApplyEffectiveWeight(Tensor input, Tensor effectiveWeight)
         => nn.functional.linear(input, effectiveWeight, Bias);
 
     private protected override Tensor Decorrelate(Tensor samples)
-        => samples.reshape(-1, InputSize).mm(DecorrelationMatrix.t());
+    {
+        var rows = samples.reshape(-1, InputSize);
+        if (BlockCount == 1)
+            return rows.mm(DecorrelationMatrix.t());
+        // Each block's slice of the features times that block's Rᵀ.
+        return PerBlock(rows).bmm(DecorrelationMatrix.transpose(1, 2)).transpose(0, 1).reshape(-1, InputSize);
+    }
 }

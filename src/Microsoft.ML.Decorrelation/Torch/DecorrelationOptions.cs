@@ -47,6 +47,14 @@ public sealed class DecorrelationOptions
     /// </summary>
     public int? MaxInputSize { get; set; }
 
+    /// <summary>
+    /// Make R block-diagonal in every layer whose input size D exceeds this: the input channels (features of a
+    /// linear layer) are split into the fewest equal groups whose blocks of d = D/G fit, and only
+    /// correlations within a group are removed. The W·R product then costs O·D·d instead of O·D², and the
+    /// update G times less. Null (the default) keeps every R full.
+    /// </summary>
+    public int? MaxBlockSize { get; set; }
+
     /// <summary>Returns a copy of these options.</summary>
     public DecorrelationOptions Clone() => (DecorrelationOptions)MemberwiseClone();
 
@@ -61,6 +69,8 @@ public sealed class DecorrelationOptions
         ValidateFraction(LinearSampleFraction, nameof(LinearSampleFraction));
         if (MaxInputSize is < 1)
             throw new ArgumentOutOfRangeException(nameof(MaxInputSize), MaxInputSize, "The largest decorrelated input size must be at least 1.");
+        if (MaxBlockSize is < 1)
+            throw new ArgumentOutOfRangeException(nameof(MaxBlockSize), MaxBlockSize, "The largest block of R must be at least 1.");
         if (UpdateInterval < 1)
             throw new ArgumentOutOfRangeException(nameof(UpdateInterval), UpdateInterval, "The update interval must be at least 1.");
     }

@@ -17,20 +17,37 @@ public static class DecorrelationRule
     /// <param name="iterations">Power iterations.</param>
     public static double LargestEigenvalue(Tensor decorrelated, int iterations = 4)
     {
+        ArgumentOutOfRangeException.ThrowIfNotEqual(decorrelated.dim(), 2L, nameof(decorrelated));
+        return LargestEigenvalues(decorrelated, iterations)[0];
+    }
+
+    /// <summary>
+    /// <see cref="LargestEigenvalue"/> of each block: for Z of G×N×d, the largest eigenvalue of each ZₖᵀZₖ/N
+    /// (all blocks iterated together); for Z of N×D, one value.
+    /// </summary>
+    /// <param name="decorrelated">Z: N×D, or G×N×d.</param>
+    /// <param name="iterations">Power iterations.</param>
+    public static double[] LargestEigenvalues(Tensor decorrelated, int iterations = 4)
+    {
         using var scope = NewDisposeScope();
-        double n = decorrelated.shape[0];
-        var v = ones(decorrelated.shape[1], 1, dtype: decorrelated.dtype, device: decorrelated.device);
-        double estimate = 0;
+        var z = decorrelated.dim() == 2 ? decorrelated.unsqueeze(0) : decorrelated;
+        long blocks = z.shape[0];
+        double n = z.shape[1];
+        var v = ones(blocks, z.shape[2], 1, dtype: z.dtype, device: z.device);
+        var vNorms = Enumerable.Repeat(Math.Sqrt(z.shape[2]), (int)blocks).ToArray();
+        var estimates = new double[blocks];
         for (int i = 0; i < iterations; i++)
         {
-            var next = decorrelated.t().mm(decorrelated.mm(v)).div_(n);
-            double norm = next.norm().item<float>();
-            estimate = norm / v.norm().item<float>();
-            if (!(norm > 0) || !double.IsFinite(norm))
+            var next = z.transpose(1, 2).bmm(z.bmm(v)).div_(n);
+            var norms = next.flatten(1).norm(1).to(ScalarType.Float64).cpu().data<double>().ToArray();
+            for (int b = 0; b < blocks; b++)
+                estimates[b] = norms[b] / vNorms[b];
+            if (norms.Any(norm => !(norm > 0) || !double.IsFinite(norm)))
                 break;
-            v = next.div_(norm);
+            v = next.div_(tensor(norms, device: z.device).to(z.dtype).view(blocks, 1, 1));
+            Array.Fill(vNorms, 1.0);
         }
-        return estimate;
+        return estimates;
     }
 
     /// <summary>
@@ -45,10 +62,13 @@ public static class DecorrelationRule
     /// Computes the update direction <c>U = [(1−κ)·C + κ·diag(v)]·R</c> and the monitoring loss
     /// <c>((1−κ)·ΣC² + κ·Σv²) / D²</c> from decorrelated samples.
     /// </summary>
-    /// <param name="decorrelated">Z: N×D, one decorrelated input (z = R·x) per row.</param>
-    /// <param name="matrix">R: the D×D decorrelation matrix that produced <paramref name="decorrelated"/>.</param>
+    /// <param name="decorrelated">Z: N×D, one decorrelated input (z = R·x) per row; or G×N×d for the G blocks of a block-diagonal R.</param>
+    /// <param name="matrix">R: the D×D decorrelation matrix that produced <paramref name="decorrelated"/>, or its G×d×d blocks.</param>
     /// <param name="kappa">κ ∈ [0, 1].</param>
-    /// <returns>U (D×D; the caller applies <c>R ← R − η·U</c>) and the loss as a scalar tensor.</returns>
+    /// <returns>
+    /// U, shaped like <paramref name="matrix"/> (the caller applies <c>R ← R − η·U</c>), and the loss as a scalar
+    /// tensor (for blocks, the mean of the blocks' losses).
+    /// </returns>
     /// <remarks>
     /// With X = ZᵀZ/N, C = X − diag(diag X) and v = diag X − 1, U = (1−κ)·X·R + diag(κ·v − (1−κ)·diag X)·R.
     /// When N &lt; D, X·R is computed as Zᵀ(Z·R)/N (2·N·D² operations instead of N·D² + D³), and
@@ -56,28 +76,30 @@ public static class DecorrelationRule
     /// </remarks>
     public static (Tensor Update, Tensor Loss) Compute(Tensor decorrelated, Tensor matrix, double kappa)
     {
-        long d = decorrelated.shape[1];
-        double n = decorrelated.shape[0];
+        long d = decorrelated.shape[^1];
+        double n = decorrelated.shape[^2];
+        long blocks = decorrelated.dim() == 3 ? decorrelated.shape[0] : 1;
         using var scope = NewDisposeScope();
         var z = decorrelated;
-        var variances = z.square().sum(dim: 0).div_(n);            // diag X
+        var zt = z.transpose(-2, -1);
+        var variances = z.square().sum(dim: -2).div_(n);            // diag X
         Tensor xTimesR, frobeniusSquared;
         if (n < d)
         {
-            xTimesR = z.t().mm(z.mm(matrix)).div_(n);
-            frobeniusSquared = z.mm(z.t()).div_(n).square().sum();
+            xTimesR = zt.matmul(z.matmul(matrix)).div_(n);
+            frobeniusSquared = z.matmul(zt).div_(n).square().sum();
         }
         else
         {
-            var second = z.t().mm(z).div_(n);
-            xTimesR = second.mm(matrix);
+            var second = zt.matmul(z).div_(n);
+            xTimesR = second.matmul(matrix);
             frobeniusSquared = second.square().sum();
         }
         var deviations = variances - 1;
         var offDiagonalSquared = frobeniusSquared - variances.square().sum();
         var rowScale = deviations * kappa - variances * (1 - kappa);
-        var update = xTimesR.mul_(1 - kappa).add_(rowScale.unsqueeze(1) * matrix);
-        var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)d * d);
+        var update = xTimesR.mul_(1 - kappa).add_(rowScale.unsqueeze(-1) * matrix);
+        var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)blocks * d * d);
         return (update.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope());
     }
 }
