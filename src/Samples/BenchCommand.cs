@@ -92,12 +92,13 @@ internal sealed class Bench(IAnsiConsole console)
             Description = "DBP: leave plain the layers whose input size D exceeds this; comma-separated values (\"all\" = every layer) give one DBP arm each.",
             DefaultValueFactory = _ => "all",
         };
+        var maxBlockSize = new Option<int?>("--max-block-size") { Description = "DBP: block-diagonal R, blocks of at most this size, in layers whose D exceeds it." };
         var backpropOnly = new Option<bool>("--backprop-only") { Description = "Time only backprop arms (to compare TorchSharp with build/bench_pytorch.py)." };
         var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files." };
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, backpropOnly, data, json,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
         };
         command.SetAction(result =>
         {
@@ -123,6 +124,7 @@ internal sealed class Bench(IAnsiConsole console)
                 {
                     LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
                     ConvolutionSampleFraction = result.GetValue(convFraction), LinearSampleFraction = result.GetValue(linearFraction),
+                    MaxBlockSize = result.GetValue(maxBlockSize),
                 },
                 MaxInputSizes = result.GetValue(backpropOnly) ? [] : result.GetValue(maxInputSize)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                     .Select(v => v == "all" ? (int?)null : int.Parse(v, CultureInfo.InvariantCulture)).ToArray(),
@@ -151,7 +153,8 @@ internal sealed class Bench(IAnsiConsole console)
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
             $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule, weight decay {settings.WeightDecay}, " +
             $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
-            $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear); DBP arms: {(settings.MaxInputSizes.Length == 0 ? "none" : string.Join(", ", settings.MaxInputSizes.Select(VariantName)))}."));
+            $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear), " +
+            (d.MaxBlockSize is int block ? $"block-diagonal R with blocks ≤ {block}" : "full R") + $"; DBP arms: {(settings.MaxInputSizes.Length == 0 ? "none" : string.Join(", ", settings.MaxInputSizes.Select(VariantName)))}."));
 
         var perSeed = new List<Dictionary<string, object?>>();
         for (int seed = 0; seed < settings.Seeds; seed++)

@@ -75,6 +75,7 @@ public class InputValidationTests
         yield return [nameof(DecorrelatedImageClassificationTrainer.Options.DecorrelationLearningRate), new DecorrelatedImageClassificationTrainer.Options { DecorrelationLearningRate = double.PositiveInfinity }];
         yield return [nameof(DecorrelatedImageClassificationTrainer.Options.Kappa), new DecorrelatedImageClassificationTrainer.Options { Kappa = 1.5 }];
         yield return [nameof(DecorrelatedImageClassificationTrainer.Options.RandomCropPadding), new DecorrelatedImageClassificationTrainer.Options { RandomCropPadding = -2 }];
+        yield return [nameof(DecorrelatedImageClassificationTrainer.Options.DecorrelationMaxBlockSize), new DecorrelatedImageClassificationTrainer.Options { DecorrelationMaxBlockSize = -1 }];
         yield return [nameof(DecorrelatedImageClassificationTrainer.Options.DecorrelationSampleFraction), new DecorrelatedImageClassificationTrainer.Options { DecorrelationSampleFraction = 0 }];
         yield return [nameof(DecorrelatedImageClassificationTrainer.Options.Architecture), new DecorrelatedImageClassificationTrainer.Options { Architecture = (CnnArchitecture)42 }];
         yield return [nameof(DecorrelatedImageClassificationTrainer.Options.ValidationFraction), new DecorrelatedImageClassificationTrainer.Options { ValidationFraction = 1 }];

@@ -43,7 +43,9 @@ public class NetworkConversionTests
     }
 
     [TestMethod]
-    public void ResNetWithBatchNormAndShortcutsRoundTrips()
+    [DataRow(null)]
+    [DataRow(288)]
+    public void ResNetWithBatchNormAndShortcutsRoundTrips(int? maxBlockSize)
     {
         using var scope = NewDisposeScope();
         var plain = NetworkBuilder.ResNet18(3, 7, ResNetStem.SmallImage);
@@ -51,8 +53,12 @@ public class NetworkConversionTests
         plain.train();
         using (no_grad())
             plain.forward(rand(4, 3, 16, 16));
-        var decorrelated = NetworkConversion.ToDecorrelated(plain);
-        Assert.AreEqual(1 + 16 + 3 + 1, decorrelated.modules().OfType<DecorrelatedLayer>().Count(), "stem, 16 block convolutions, 3 shortcut projections, classifier");
+        var decorrelated = NetworkConversion.ToDecorrelated(plain, new DecorrelationOptions { MaxBlockSize = maxBlockSize });
+        var layers = decorrelated.modules().OfType<DecorrelatedLayer>().ToList();
+        Assert.AreEqual(1 + 16 + 3 + 1, layers.Count, "stem, 16 block convolutions, 3 shortcut projections, classifier");
+        Assert.AreEqual(maxBlockSize is null ? 0 : 17, layers.Count(l => l.BlockCount > 1),
+            "blocks of 288: every 3×3 convolution after the stem (D ≥ 576) and the classifier (D = 512); the stem (D = 27) and 1×1 shortcuts (D ≤ 256) stay full");
+        Assert.IsTrue(layers.All(l => l.BlockSize <= (maxBlockSize ?? int.MaxValue)));
         PerturbDecorrelationMatrices(decorrelated);
         var folded = NetworkConversion.ToPlain(decorrelated);
         foreach (var network in new[] { plain, decorrelated, folded })

@@ -274,4 +274,30 @@ public class TrainerTests
         Assert.AreNotEqual(plain[0], augmented[0], "the augmentation reached the training batches");
         Assert.AreNotEqual(augmented[0], TrainLosses(2, false)[0], "the flip is drawn too");
     }
+
+    [TestMethod]
+    public void BlockSizeOptionSplitsOnlyTheWideLayers()
+    {
+        IReadOnlyDictionary<string, double> LayerLosses(int maxBlockSize)
+        {
+            var ml = Context();
+            var epochs = new List<DecorrelatedImageClassificationMetrics>();
+            var options = SmallOptions();
+            options.DecorrelationMaxBlockSize = maxBlockSize;
+            options.MetricsCallback = epochs.Add;
+            var data = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 300));
+            using var model = (IDisposable)ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options)).Fit(data).LastTransformer;
+            return epochs.Single().LayerDecorrelationLoss;
+        }
+
+        var full = LayerLosses(0);
+        var blocked = LayerLosses(100);
+        Assert.HasCount(4, full);
+        // The first convolution (D = 9) keeps its full R and sees the same images: the same loss. The others
+        // (D = 288, 576, 1152) are split into blocks and measure only within-block correlations.
+        var first = full.Keys.First();
+        Assert.AreEqual(full[first], blocked[first], 1e-12, first);
+        foreach (var layer in full.Keys.Skip(1))
+            Assert.AreNotEqual(full[layer], blocked[layer], layer);
+    }
 }

@@ -114,6 +114,13 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// </summary>
         public int DecorrelationMaxInputSize = 1152;
 
+        /// <summary>
+        /// Make R block-diagonal, with blocks of at most this size over groups of input channels, in the layers whose
+        /// input size D exceeds it; 0 (the default) keeps every R full. Cheaper than a full R on wide layers, at the
+        /// cost of the correlations between groups (README, Performance).
+        /// </summary>
+        public int DecorrelationMaxBlockSize;
+
         /// <summary>Data to measure accuracy on after each epoch; null for none (see <see cref="ValidationFraction"/>).</summary>
         public IDataView? ValidationSet;
 
@@ -265,6 +272,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 ConvolutionSampleFraction = options.DecorrelationSampleFraction,
                 UpdateInterval = options.DecorrelationUpdateInterval,
                 MaxInputSize = options.DecorrelationMaxInputSize == 0 ? null : options.DecorrelationMaxInputSize,
+                MaxBlockSize = options.DecorrelationMaxBlockSize == 0 ? null : options.DecorrelationMaxBlockSize,
             },
         };
         channel.Info($"Training {options.Architecture} with {(options.UseDecorrelation ? "decorrelated backpropagation" : "backpropagation")} " +
@@ -410,6 +418,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         Check(options.DecorrelationSampleFraction > 0 && options.DecorrelationSampleFraction <= 1, nameof(Options.DecorrelationSampleFraction),
             options.DecorrelationSampleFraction, "must lie in (0, 1].");
         Check(options.DecorrelationMaxInputSize >= 0, nameof(Options.DecorrelationMaxInputSize), options.DecorrelationMaxInputSize, "must not be negative (0 = every layer).");
+        Check(options.DecorrelationMaxBlockSize >= 0, nameof(Options.DecorrelationMaxBlockSize), options.DecorrelationMaxBlockSize, "must not be negative (0 = full matrices).");
         Check(options.DecorrelationUpdateInterval >= 1, nameof(Options.DecorrelationUpdateInterval), options.DecorrelationUpdateInterval, "must be at least 1.");
         Check(options.ValidationFraction >= 0 && options.ValidationFraction < 1, nameof(Options.ValidationFraction), options.ValidationFraction, "must lie in [0, 1).");
         Check(options.EarlyStoppingPatience >= 0, nameof(Options.EarlyStoppingPatience), options.EarlyStoppingPatience, "must not be negative.");
