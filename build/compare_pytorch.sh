@@ -16,7 +16,7 @@ trap 'rm -f "$json"' EXIT
 
 torchsharp() {
   "$samples" bench --steps "$steps" --lr-grid 0.001 --backprop-only --threads "$threads" --seeds 1 --json "$json" >/dev/null
-  "$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bpMedianStepMs"])' "$json"
+  "$python" -c 'import json, sys; print(format(json.load(open(sys.argv[1]))["bpMedianStepMs"], ".1f"))' "$json"
 }
 pytorch() {
   "$python" "$root/build/bench_pytorch.py" --steps "$steps" --threads "$threads" | sed -E 's/.*median plain step ([0-9.]+) ms.*/\1/'
