@@ -12,12 +12,6 @@ public class BlockDiagonalTests
     [TestInitialize]
     public void Seed() => random.manual_seed(77);
 
-    private static void Randomize(DecorrelatedLayer layer, double spread = 0.2)
-    {
-        using var noGrad = no_grad();
-        layer.DecorrelationMatrix.add_(randn_like(layer.DecorrelationMatrix).mul_(spread));
-    }
-
     [TestMethod]
     [DataRow(512, 3, null, 1L)]
     [DataRow(512, 3, 4608, 1L)]
@@ -51,7 +45,7 @@ public class BlockDiagonalTests
         using var scope = NewDisposeScope();
         var layer = new DecorrelatedConv2d(4, 5, (3, 3), (2, 2), (1, 1), options: new DecorrelationOptions { MaxBlockSize = 18 });
         Assert.AreEqual(2L, layer.BlockCount);
-        Randomize(layer);
+        DecorrelatedLayerTests.Randomize(layer);
         var input = randn(2, 4, 7, 7);
         var upstream = randn(2, 5, 4, 4);
         var output = layer.forward(input);
@@ -90,7 +84,7 @@ public class BlockDiagonalTests
             input = randn(40, 18) * 1.5 + 0.3;
             rows = input;
         }
-        Randomize(layer, 0.3);
+        DecorrelatedLayerTests.Randomize(layer, 0.3);
         long blocks = layer.BlockCount, size = layer.BlockSize;
         var expectedBlocks = new List<double[,]>();
         double expectedLoss = 0;

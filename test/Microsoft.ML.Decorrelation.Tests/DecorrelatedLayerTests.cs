@@ -11,7 +11,8 @@ public class DecorrelatedLayerTests
     [TestInitialize]
     public void Seed() => random.manual_seed(1234);
 
-    private static void Randomize(DecorrelatedLayer layer, double spread = 0.2)
+    /// <summary>Moves R (full or blocks) away from the identity by Gaussian noise of the given spread.</summary>
+    internal static void Randomize(DecorrelatedLayer layer, double spread = 0.2)
     {
         using var noGrad = no_grad();
         layer.DecorrelationMatrix.add_(randn_like(layer.DecorrelationMatrix).mul_(spread));

@@ -252,21 +252,27 @@ public class TrainerTests
         Assert.HasCount(300, Scores(model.Transform(data)));
     }
 
+    /// <summary>Trains on 300 rows with <see cref="SmallOptions"/> changed by <paramref name="configure"/>; returns each epoch's metrics.</summary>
+    private static List<DecorrelatedImageClassificationMetrics> EpochMetrics(int epochs, Action<DecorrelatedImageClassificationTrainer.Options> configure)
+    {
+        var ml = Context();
+        var metrics = new List<DecorrelatedImageClassificationMetrics>();
+        var options = SmallOptions(epochs);
+        configure(options);
+        options.MetricsCallback = metrics.Add;
+        var data = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 300));
+        using var model = (IDisposable)ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options)).Fit(data).LastTransformer;
+        return metrics;
+    }
+
     [TestMethod]
     public void AugmentationOptionsChangeTrainingReproducibly()
     {
-        double[] TrainLosses(int cropPadding, bool flip)
+        double[] TrainLosses(int cropPadding, bool flip) => EpochMetrics(2, options =>
         {
-            var ml = Context();
-            var epochs = new List<DecorrelatedImageClassificationMetrics>();
-            var options = SmallOptions(epochs: 2);
             options.RandomCropPadding = cropPadding;
             options.RandomHorizontalFlip = flip;
-            options.MetricsCallback = epochs.Add;
-            var data = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 300));
-            using var model = (IDisposable)ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options)).Fit(data).LastTransformer;
-            return epochs.Select(e => e.TrainLoss).ToArray();
-        }
+        }).Select(e => e.TrainLoss).ToArray();
 
         var plain = TrainLosses(0, false);
         var augmented = TrainLosses(2, true);
@@ -279,16 +285,7 @@ public class TrainerTests
     public void BlockSizeOptionSplitsOnlyTheWideLayers()
     {
         IReadOnlyDictionary<string, double> LayerLosses(int maxBlockSize)
-        {
-            var ml = Context();
-            var epochs = new List<DecorrelatedImageClassificationMetrics>();
-            var options = SmallOptions();
-            options.DecorrelationMaxBlockSize = maxBlockSize;
-            options.MetricsCallback = epochs.Add;
-            var data = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 300));
-            using var model = (IDisposable)ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options)).Fit(data).LastTransformer;
-            return epochs.Single().LayerDecorrelationLoss;
-        }
+            => EpochMetrics(1, options => options.DecorrelationMaxBlockSize = maxBlockSize).Single().LayerDecorrelationLoss;
 
         var full = LayerLosses(0);
         var blocked = LayerLosses(100);
