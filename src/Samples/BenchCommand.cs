@@ -167,9 +167,14 @@ internal sealed class Bench(IAnsiConsole console)
             figures[key] = value;
         if (settings.MaxInputSizes.Length > 1)
         {
-            figures["variants"] = Enumerable.Range(0, settings.MaxInputSizes.Length)
-                .Select(v => MedianFigures(perSeed.Select(s => ((List<Dictionary<string, object?>>)s["variants"]!)[v])).Prepend(new("dbpArm", perSeed[0]["variants"] is List<Dictionary<string, object?>> list ? list[v]["dbpArm"] : null)).ToDictionary())
-                .ToList();
+            var variantsPerSeed = perSeed.Select(s => (List<Dictionary<string, object?>>)s["variants"]!).ToList();
+            figures["variants"] = settings.MaxInputSizes.Select((maxInputSize, v) =>
+            {
+                var medians = new Dictionary<string, object?> { ["dbpArm"] = DbpArmName(settings, maxInputSize) };
+                foreach (var (key, value) in MedianFigures(variantsPerSeed.Select(variants => variants[v])))
+                    medians[key] = value;
+                return medians;
+            }).ToList();
         }
         figures["perSeed"] = perSeed;
 
@@ -186,7 +191,7 @@ internal sealed class Bench(IAnsiConsole console)
         int epochs = settings.Steps is null ? settings.Epochs : 1;
         int totalSteps = settings.Steps ?? batchesPerEpoch * epochs;
         var arms = new List<BenchArm>();
-        var sessions = new List<(BenchArm Arm, TrainingSession Session, NetworkTrainer Trainer)>();
+        var sessions = new List<(BenchArm Arm, TrainingSession Session)>();
         try
         {
             foreach (double learningRate in settings.LearningRates)
@@ -203,11 +208,9 @@ internal sealed class Bench(IAnsiConsole console)
                         RandomCropPadding = settings.CropPadding, RandomHorizontalFlip = settings.HorizontalFlip,
                     };
                     var network = NetworkTrainer.CreateNetwork(Builder(settings.Case), options, decorrelated);
-                    var trainer = new NetworkTrainer(options);
-                    string name = !decorrelated ? "Backprop" : settings.MaxInputSizes.Length == 1 ? "DBP" : "DBP " + VariantName(maxInputSize);
-                    var arm = new BenchArm(name, decorrelated, learningRate);
+                    var arm = new BenchArm(decorrelated ? DbpArmName(settings, maxInputSize) : "Backprop", decorrelated, learningRate);
                     arms.Add(arm);
-                    sessions.Add((arm, trainer.CreateSession(network, batchesPerEpoch), trainer));
+                    sessions.Add((arm, new NetworkTrainer(options).CreateSession(network, batchesPerEpoch)));
                 }
             }
             random.manual_seed(seed + 1);
@@ -232,7 +235,7 @@ internal sealed class Bench(IAnsiConsole console)
                         var labels = train.Labels.index_select(0, indices);
                         for (int k = 0; k < sessions.Count; k++)
                         {
-                            var (arm, session, _) = sessions[(step + k) % sessions.Count];
+                            var (arm, session) = sessions[(step + k) % sessions.Count];
                             long start = Stopwatch.GetTimestamp();
                             session.Step(images, labels);
                             arm.StepMilliseconds.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
@@ -242,7 +245,7 @@ internal sealed class Bench(IAnsiConsole console)
                     if (evaluationSteps.Contains(batch + 1))
                     {
                         double epoch = (double)(step + 1) / batchesPerEpoch;
-                        foreach (var (arm, session, _) in sessions)
+                        foreach (var (arm, session) in sessions)
                             arm.Evaluations.Add((epoch, arm.Seconds, NetworkTrainer.Evaluate(session.Network, test, 1000, CPU)));
                         task.Description = $"Seed {seed}, epoch {epoch:0.#}: " + string.Join(", ", sessions.Select(s => $"{s.Arm.Name} {s.Arm.LearningRate:G3} {s.Arm.Evaluations[^1].Accuracy:P1}"));
                     }
@@ -252,7 +255,7 @@ internal sealed class Bench(IAnsiConsole console)
         }
         finally
         {
-            foreach (var (_, session, _) in sessions)
+            foreach (var (_, session) in sessions)
             {
                 session.Network.Dispose();
                 session.Dispose();
@@ -353,6 +356,10 @@ internal sealed class Bench(IAnsiConsole console)
     }
 
     private static string VariantName(int? maxInputSize) => maxInputSize is int max ? $"(D ≤ {max})" : "(all layers)";
+
+    /// <summary>"DBP", or with several DBP arms "DBP" and which layers the arm decorrelates.</summary>
+    private static string DbpArmName(BenchSettings settings, int? maxInputSize)
+        => settings.MaxInputSizes.Length == 1 ? "DBP" : "DBP " + VariantName(maxInputSize);
 
     private static Func<Device, nn.Module<Tensor, Tensor>> Builder(string benchCase) => benchCase == "resnet18"
         ? device => NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage, device)

@@ -9,7 +9,10 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// <c>W·(R·p) + b</c>, where p is the unfolded patch in PyTorch's (channel, row, column) order and
 /// D = C_in·kh·kw. Computed as one <c>conv2d</c> call with the effective filters <c>W·R</c>.
 /// </summary>
-/// <remarks>Grouped convolutions are not supported: R mixes every channel of a patch.</remarks>
+/// <remarks>
+/// Grouped convolutions are not supported: R mixes the channels of a patch (all of them, or those of one
+/// group of <see cref="DecorrelatedLayer.BlockCount"/> when R is block-diagonal).
+/// </remarks>
 public sealed class DecorrelatedConv2d : DecorrelatedLayer
 {
     /// <summary>Creates the layer with weights initialised as <c>torch.nn.Conv2d</c> does and R = I.</summary>

@@ -33,19 +33,16 @@ public static class DecorrelationRule
         var z = decorrelated.dim() == 2 ? decorrelated.unsqueeze(0) : decorrelated;
         long blocks = z.shape[0];
         double n = z.shape[1];
-        var v = ones(blocks, z.shape[2], 1, dtype: z.dtype, device: z.device);
-        var vNorms = Enumerable.Repeat(Math.Sqrt(z.shape[2]), (int)blocks).ToArray();
+        // A unit start vector, so that each iteration's estimate is simply ‖X·v‖.
+        var v = full(blocks, z.shape[2], 1, 1 / Math.Sqrt(z.shape[2]), dtype: z.dtype, device: z.device);
         var estimates = new double[blocks];
         for (int i = 0; i < iterations; i++)
         {
             var next = z.transpose(1, 2).bmm(z.bmm(v)).div_(n);
-            var norms = next.flatten(1).norm(1).to(ScalarType.Float64).cpu().data<double>().ToArray();
-            for (int b = 0; b < blocks; b++)
-                estimates[b] = norms[b] / vNorms[b];
-            if (norms.Any(norm => !(norm > 0) || !double.IsFinite(norm)))
+            estimates = next.flatten(1).norm(1).to(ScalarType.Float64).cpu().data<double>().ToArray();
+            if (estimates.Any(norm => !(norm > 0) || !double.IsFinite(norm)))
                 break;
-            v = next.div_(tensor(norms, device: z.device).to(z.dtype).view(blocks, 1, 1));
-            Array.Fill(vNorms, 1.0);
+            v = next.div_(tensor(estimates, device: z.device).to(z.dtype).view(blocks, 1, 1));
         }
         return estimates;
     }
