@@ -28,6 +28,8 @@ internal sealed record BenchSettings
     public double WeightDecay { get; init; }
     public int CropPadding { get; init; }
     public bool HorizontalFlip { get; init; }
+    /// <summary>Run every arm with denormal floats flushed to zero, as the trainer does (<see cref="DenormalFlushing"/>).</summary>
+    public bool FlushDenormals { get; init; } = true;
     public DecorrelationOptions Decorrelation { get; init; } = new();
     /// <summary>One DBP arm per entry (per learning rate): the largest decorrelated input size D, null for every layer.</summary>
     public int?[] MaxInputSizes { get; init; } = [null];
@@ -82,6 +84,7 @@ internal sealed class Bench(IAnsiConsole console)
         var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm.", DefaultValueFactory = _ => 0 };
         var cropPadding = new Option<int>("--crop-padding") { Description = "Augmentation of every arm: random crop after padding by N pixels (0 = off).", DefaultValueFactory = _ => 0 };
         var flip = new Option<bool>("--flip") { Description = "Augmentation of every arm: random horizontal flip." };
+        var keepDenormals = new Option<bool>("--keep-denormals") { Description = "Do not flush denormal floats to zero (the trainer does): shows their slowdown under weight decay." };
         var etaR = new Option<double>("--eta-r") { Description = "DBP: learning rate of R.", DefaultValueFactory = _ => defaults.Decorrelation.LearningRate };
         var kappa = new Option<double>("--kappa") { Description = "DBP: kappa.", DefaultValueFactory = _ => defaults.Decorrelation.Kappa };
         var interval = new Option<int>("--interval") { Description = "DBP: update R every N steps.", DefaultValueFactory = _ => defaults.Decorrelation.UpdateInterval };
@@ -98,7 +101,7 @@ internal sealed class Bench(IAnsiConsole console)
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
         };
         command.SetAction(result =>
         {
@@ -120,6 +123,7 @@ internal sealed class Bench(IAnsiConsole console)
                 WeightDecay = result.GetValue(weightDecay),
                 CropPadding = result.GetValue(cropPadding),
                 HorizontalFlip = result.GetValue(flip),
+                FlushDenormals = !result.GetValue(keepDenormals),
                 Decorrelation = new DecorrelationOptions
                 {
                     LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
@@ -152,14 +156,14 @@ internal sealed class Bench(IAnsiConsole console)
         var d = settings.Decorrelation;
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
             $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule, weight decay {settings.WeightDecay}, " +
-            $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
+            $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}, denormals {(settings.FlushDenormals ? "flushed" : "kept")}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
             $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear), " +
             (d.MaxBlockSize is int block ? $"block-diagonal R with blocks ≤ {block}" : "full R") + $"; DBP arms: {(settings.MaxInputSizes.Length == 0 ? "none" : string.Join(", ", settings.MaxInputSizes.Select(VariantName)))}."));
 
         var perSeed = new List<Dictionary<string, object?>>();
         for (int seed = 0; seed < settings.Seeds; seed++)
         {
-            var arms = RunSeed(settings, seed, train, test);
+            var arms = settings.FlushDenormals ? DenormalFlushing.Run(() => RunSeed(settings, seed, train, test)) : RunSeed(settings, seed, train, test);
             perSeed.Add(Summarise(settings, seed, arms));
         }
         var figures = new Dictionary<string, object?> { ["case"] = settings.Case, ["settings"] = settings };

@@ -84,6 +84,14 @@ public sealed class NetworkTrainer
             throw new ArgumentException("The training set is empty.", nameof(train));
         if (_options.EarlyStoppingPatience > 0 && test is null)
             throw new ArgumentException("Early stopping needs a test (validation) set to measure accuracy on.", nameof(test));
+        return _options.FlushDenormals
+            ? DenormalFlushing.Run(() => TrainOnThisThread(network, train, test, onMetrics, onStep, cancellation, onWarning))
+            : TrainOnThisThread(network, train, test, onMetrics, onStep, cancellation, onWarning);
+    }
+
+    private IReadOnlyList<TrainingMetrics> TrainOnThisThread(nn.Module<Tensor, Tensor> network, ImageDataset train, ImageDataset? test,
+        Action<TrainingMetrics>? onMetrics, Action<StepProgress>? onStep, CancellationToken cancellation, Action<string>? onWarning)
+    {
         var options = _options;
         int batchesPerEpoch = (int)((train.Count + options.BatchSize - 1) / options.BatchSize);
         using var session = CreateSession(network, batchesPerEpoch);

@@ -1,0 +1,116 @@
+using System.Runtime.ExceptionServices;
+using System.Runtime.InteropServices;
+
+namespace Microsoft.ML.Decorrelation.Torch;
+
+/// <summary>
+/// Runs CPU training with denormal floats flushed to zero, as PyTorch's <c>torch.set_flush_denormal(True)</c>
+/// does. Weights that weight decay drives towards zero become denormal (below 1.2e-38) after a few epochs,
+/// and every multiplication with them then takes the CPU's slow microcode path: a small CNN's step grew
+/// 4× slower within 5 epochs at weight decay 5e-4 (DESIGN.md, README "Performance"). Flushing them to zero
+/// changes no value above 1.2e-38.
+/// </summary>
+/// <remarks>
+/// The flush mode is a per-thread CPU setting (MXCSR on x86, FPCR on ARM) that threads inherit from the
+/// thread that creates them. Setting it on the caller's thread would leak into the caller's own float
+/// arithmetic after training, and would not reach the OpenMP workers Torch created for that thread
+/// earlier. So <see cref="Run{T}"/> runs the work on a new thread that sets the mode first: Torch then
+/// creates that thread's OpenMP workers with the mode set, and the caller's thread is left as it was.
+/// The mode is set through libtorch's exported <c>at::Context::setFlushDenormal</c>; where that export
+/// is missing (another libtorch build or ABI), the work runs unchanged and <see cref="IsSupported"/> is false.
+/// </remarks>
+public static class DenormalFlushing
+{
+    private static readonly Lazy<Exports?> LibTorch = new(FindExports);
+
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    [return: MarshalAs(UnmanagedType.U1)]
+    private delegate bool SetFlushDenormal(IntPtr context, [MarshalAs(UnmanagedType.U1)] bool on);
+
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    private delegate IntPtr GlobalContext();
+
+    /// <summary>Whether this process's libtorch lets the flush mode be set.</summary>
+    public static bool IsSupported => LibTorch.Value is not null;
+
+    /// <summary>
+    /// Runs <paramref name="work"/> to completion on a new thread whose denormal floats are flushed to zero,
+    /// and returns its result. Exceptions are rethrown on the caller's thread with their original stack.
+    /// Callbacks that <paramref name="work"/> invokes run on that thread.
+    /// </summary>
+    /// <typeparam name="T">The result type.</typeparam>
+    /// <param name="work">The work; it must not depend on the caller's thread (thread-static state, Torch dispose scopes).</param>
+    public static T Run<T>(Func<T> work)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        T result = default!;
+        ExceptionDispatchInfo? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                EnableOnCurrentThread();
+                result = work();
+            }
+            catch (Exception e)
+            {
+                failure = ExceptionDispatchInfo.Capture(e);
+            }
+        })
+        {
+            Name = "Decorrelation training (denormals flushed)",
+            IsBackground = true,
+        };
+        thread.Start();
+        thread.Join();
+        failure?.Throw();
+        return result;
+    }
+
+    /// <summary>
+    /// Flushes denormal floats to zero on the calling thread and on the threads it creates from now on.
+    /// Prefer <see cref="Run{T}"/>, which leaves the caller's thread untouched.
+    /// </summary>
+    /// <returns>Whether the mode is now set (false where libtorch or the CPU does not support it).</returns>
+    public static bool EnableOnCurrentThread()
+    {
+        var libTorch = LibTorch.Value;
+        return libTorch is not null && libTorch.SetFlushDenormal(libTorch.GlobalContext(), true);
+    }
+
+    private sealed record Exports(GlobalContext GlobalContext, SetFlushDenormal SetFlushDenormal);
+
+    private static Exports? FindExports()
+    {
+        _ = TorchSharp.torch.get_num_threads();   // makes TorchSharp load libtorch
+        foreach (var library in LibraryNames())
+        {
+            if (!NativeLibrary.TryLoad(library, out var handle)
+                && !NativeLibrary.TryLoad(library, typeof(TorchSharp.torch).Assembly, null, out handle))
+                continue;
+            foreach (var (context, setter) in ExportNames())
+            {
+                if (NativeLibrary.TryGetExport(handle, context, out var contextAddress)
+                    && NativeLibrary.TryGetExport(handle, setter, out var setterAddress))
+                {
+                    return new Exports(Marshal.GetDelegateForFunctionPointer<GlobalContext>(contextAddress),
+                        Marshal.GetDelegateForFunctionPointer<SetFlushDenormal>(setterAddress));
+                }
+            }
+        }
+        return null;
+    }
+
+    // Already loaded by TorchSharp, so the loader finds it by name; else probe like a DllImport of TorchSharp would.
+    private static string[] LibraryNames() =>
+        OperatingSystem.IsWindows() ? ["torch_cpu.dll"]
+        : OperatingSystem.IsMacOS() ? ["libtorch_cpu.dylib"]
+        : ["libtorch_cpu.so"];
+
+    // at::globalContext() and at::Context::setFlushDenormal(bool): Itanium C++ ABI names, then MSVC's.
+    private static (string Context, string Setter)[] ExportNames() =>
+    [
+        ("_ZN2at13globalContextEv", "_ZN2at7Context16setFlushDenormalEb"),
+        ("?globalContext@at@@YAAEAVContext@1@XZ", "?setFlushDenormal@Context@at@@QEAA_N_N@Z"),
+    ];
+}
