@@ -28,6 +28,8 @@ internal sealed record BenchSettings
     public double WeightDecay { get; init; }
     public int CropPadding { get; init; }
     public bool HorizontalFlip { get; init; }
+    /// <summary>Small CNN only: BatchNorm after each convolution, in every arm.</summary>
+    public bool BatchNorm { get; init; }
     /// <summary>Run every arm with denormal floats flushed to zero, as the trainer does (<see cref="DenormalFlushing"/>).</summary>
     public bool FlushDenormals { get; init; } = true;
     public DecorrelationOptions Decorrelation { get; init; } = new();
@@ -84,6 +86,7 @@ internal sealed class Bench(IAnsiConsole console)
         var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm.", DefaultValueFactory = _ => 0 };
         var cropPadding = new Option<int>("--crop-padding") { Description = "Augmentation of every arm: random crop after padding by N pixels (0 = off).", DefaultValueFactory = _ => 0 };
         var flip = new Option<bool>("--flip") { Description = "Augmentation of every arm: random horizontal flip." };
+        var batchNorm = new Option<bool>("--batch-norm") { Description = "small-cnn: BatchNorm after each convolution, in every arm." };
         var keepDenormals = new Option<bool>("--keep-denormals") { Description = "Do not flush denormal floats to zero (the trainer does): shows their slowdown under weight decay." };
         var etaR = new Option<double>("--eta-r") { Description = "DBP: learning rate of R.", DefaultValueFactory = _ => defaults.Decorrelation.LearningRate };
         var kappa = new Option<double>("--kappa") { Description = "DBP: kappa.", DefaultValueFactory = _ => defaults.Decorrelation.Kappa };
@@ -101,7 +104,7 @@ internal sealed class Bench(IAnsiConsole console)
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
         };
         command.SetAction(result =>
         {
@@ -124,6 +127,7 @@ internal sealed class Bench(IAnsiConsole console)
                 CropPadding = result.GetValue(cropPadding),
                 HorizontalFlip = result.GetValue(flip),
                 FlushDenormals = !result.GetValue(keepDenormals),
+                BatchNorm = result.GetValue(batchNorm),
                 Decorrelation = new DecorrelationOptions
                 {
                     LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
@@ -145,6 +149,8 @@ internal sealed class Bench(IAnsiConsole console)
     public Dictionary<string, object?> Run(BenchSettings settings)
     {
         settings.Decorrelation.Validate();
+        if (settings.BatchNorm && settings.Case != "small-cnn")
+            throw new ArgumentException("--batch-norm applies to the small-cnn case only (ResNet-18 has BatchNorm already).");
         if (settings.EvaluationsPerEpoch < 1)
             throw new ArgumentOutOfRangeException(nameof(settings.EvaluationsPerEpoch), settings.EvaluationsPerEpoch, "--evaluations-per-epoch must be at least 1.");
         var source = new FashionMnistSource().Locate(settings.Data);
@@ -156,7 +162,7 @@ internal sealed class Bench(IAnsiConsole console)
         var d = settings.Decorrelation;
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
             $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule, weight decay {settings.WeightDecay}, " +
-            $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}, denormals {(settings.FlushDenormals ? "flushed" : "kept")}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
+            $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}, BatchNorm {settings.BatchNorm}, denormals {(settings.FlushDenormals ? "flushed" : "kept")}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
             $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear), " +
             (d.MaxBlockSize is int block ? $"block-diagonal R with blocks ≤ {block}" : "full R") + $"; DBP arms: {(settings.MaxInputSizes.Length == 0 ? "none" : string.Join(", ", settings.MaxInputSizes.Select(VariantName)))}."));
 
@@ -211,7 +217,7 @@ internal sealed class Bench(IAnsiConsole console)
                         Schedule = settings.Schedule, WeightDecay = settings.WeightDecay, Decorrelation = decorrelation,
                         RandomCropPadding = settings.CropPadding, RandomHorizontalFlip = settings.HorizontalFlip,
                     };
-                    var network = NetworkTrainer.CreateNetwork(Builder(settings.Case), options, decorrelated);
+                    var network = NetworkTrainer.CreateNetwork(Builder(settings), options, decorrelated);
                     var arm = new BenchArm(decorrelated ? DbpArmName(settings, maxInputSize) : "Backprop", decorrelated, learningRate);
                     arms.Add(arm);
                     sessions.Add((arm, new NetworkTrainer(options).CreateSession(network, batchesPerEpoch)));
@@ -365,9 +371,9 @@ internal sealed class Bench(IAnsiConsole console)
     private static string DbpArmName(BenchSettings settings, int? maxInputSize)
         => settings.MaxInputSizes.Length == 1 ? "DBP" : "DBP " + VariantName(maxInputSize);
 
-    private static Func<Device, nn.Module<Tensor, Tensor>> Builder(string benchCase) => benchCase == "resnet18"
+    private static Func<Device, nn.Module<Tensor, Tensor>> Builder(BenchSettings settings) => settings.Case == "resnet18"
         ? device => NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage, device)
-        : device => NetworkBuilder.SmallCnn(1, 28, 28, 10, device);
+        : device => NetworkBuilder.SmallCnn(1, 28, 28, 10, device, settings.BatchNorm);
 
     private static string Ms(double value) => value.ToString("0.0", CultureInfo.InvariantCulture);
 

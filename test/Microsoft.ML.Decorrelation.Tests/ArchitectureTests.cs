@@ -69,6 +69,27 @@ public class ArchitectureTests
     }
 
     [TestMethod]
+    public void SmallCnnWithBatchNormNormalisesEachConvolutionAndDropsItsBias()
+    {
+        using var scope = NewDisposeScope();
+        var network = NetworkBuilder.SmallCnn(1, 28, 28, 10, batchNorm: true);
+        var names = network.named_children().Select(c => c.name).ToList();
+        CollectionAssert.AreEqual(new[] { "conv1", "bn1", "relu1", "pool1", "conv2", "bn2", "relu2", "pool2", "conv3", "bn3", "relu3", "pool3", "flatten", "classifier" }, names);
+        Assert.IsFalse(network.named_parameters().Any(p => p.name.StartsWith("conv") && p.name.EndsWith(".bias")));
+        CollectionAssert.AreEqual(new long[] { 32, 64, 128 }, network.modules().OfType<TorchSharp.Modules.BatchNorm2d>().Select(b => b.weight!.shape[0]).ToArray());
+
+        // In training mode each convolution's output is normalised per channel over the batch.
+        network.train();
+        var input = randn(16, 1, 28, 28);
+        var conv1 = network.named_children().First(c => c.name == "conv1").module;
+        var bn1 = network.named_children().First(c => c.name == "bn1").module;
+        var normalised = ((nn.Module<Tensor, Tensor>)bn1).forward(((nn.Module<Tensor, Tensor>)conv1).forward(input));
+        Assert.IsLessThan(1e-5, normalised.mean([0, 2, 3]).abs().max().item<float>());
+        Assert.IsLessThan(1e-3, (normalised.var([0, 2, 3], unbiased: false) - 1).abs().max().item<float>());
+        CollectionAssert.AreEqual(new long[] { 16, 10 }, network.forward(input).shape);
+    }
+
+    [TestMethod]
     public void InvalidShapesAreRejectedWithTheValue()
     {
         var tooSmall = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => NetworkBuilder.SmallCnn(1, 6, 28, 10));

@@ -21,11 +21,20 @@ public class NetworkConversionTests
     }
 
     [TestMethod]
-    public void SmallCnnTwinComputesExactlyWhatThePlainNetworkComputesAndFoldsBack()
+    [DataRow(false)]
+    [DataRow(true)]
+    public void SmallCnnTwinComputesExactlyWhatThePlainNetworkComputesAndFoldsBack(bool batchNorm)
     {
         using var scope = NewDisposeScope();
-        var plain = NetworkBuilder.SmallCnn(1, 28, 28, 10);
+        var plain = NetworkBuilder.SmallCnn(1, 28, 28, 10, batchNorm: batchNorm);
         var input = rand(5, 1, 28, 28);
+        if (batchNorm)
+        {
+            // Non-trivial running statistics, compared in eval mode below.
+            plain.train();
+            using (no_grad())
+                plain.forward(rand(8, 1, 28, 28));
+        }
         var decorrelated = NetworkConversion.ToDecorrelated(plain);
         plain.eval();
         decorrelated.eval();

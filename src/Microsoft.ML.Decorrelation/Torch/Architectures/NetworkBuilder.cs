@@ -21,25 +21,29 @@ public static class NetworkBuilder
 {
     /// <summary>
     /// The small CNN: three 3×3 convolutions (32, 64, 128 filters, each followed by ReLU and 2×2
-    /// max-pooling) and a linear classifier; no BatchNorm.
+    /// max-pooling) and a linear classifier; BatchNorm after each convolution only when asked for.
     /// </summary>
     /// <param name="channels">Input channels.</param>
     /// <param name="height">Input height; at least 8.</param>
     /// <param name="width">Input width; at least 8.</param>
     /// <param name="classes">Number of classes.</param>
     /// <param name="device">Where the network's tensors live.</param>
-    public static nn.Module<Tensor, Tensor> SmallCnn(long channels, long height, long width, long classes, Device? device = null)
+    /// <param name="batchNorm">Insert BatchNorm between each convolution and its ReLU (the convolutions then have no bias).</param>
+    public static nn.Module<Tensor, Tensor> SmallCnn(long channels, long height, long width, long classes, Device? device = null, bool batchNorm = false)
     {
         CheckShape(channels, height, width, classes, minimumSize: 8, "SmallCnn");
         long h = height, w = width;
         var layers = new List<(string, nn.Module<Tensor, Tensor>)>();
         long inChannels = channels;
-        foreach (long filters in new long[] { 32, 64, 128 })
+        long[] filtersPerStage = [32, 64, 128];
+        for (int stage = 1; stage <= filtersPerStage.Length; stage++)
         {
-            int index = layers.Count;
-            layers.Add(($"conv{index / 3 + 1}", nn.Conv2d(inChannels, filters, 3, padding: 1, device: device)));
-            layers.Add(($"relu{index / 3 + 1}", nn.ReLU(inplace: true)));
-            layers.Add(($"pool{index / 3 + 1}", nn.MaxPool2d(2)));
+            long filters = filtersPerStage[stage - 1];
+            layers.Add(($"conv{stage}", nn.Conv2d(inChannels, filters, 3, padding: 1, bias: !batchNorm, device: device)));
+            if (batchNorm)
+                layers.Add(($"bn{stage}", nn.BatchNorm2d(filters, device: device)));
+            layers.Add(($"relu{stage}", nn.ReLU(inplace: true)));
+            layers.Add(($"pool{stage}", nn.MaxPool2d(2)));
             inChannels = filters;
             h /= 2;
             w /= 2;
