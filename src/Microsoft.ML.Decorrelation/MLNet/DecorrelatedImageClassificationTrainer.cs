@@ -130,7 +130,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>Stop when validation accuracy has not improved for this many epochs and keep the best epoch's weights; 0 (the default) = off.</summary>
         public int EarlyStoppingPatience;
 
-        /// <summary>Receives the metrics of each epoch, or null.</summary>
+        /// <summary>Receives the metrics of each epoch, or null. Called on the training thread (not the caller of Fit).</summary>
         public Action<DecorrelatedImageClassificationMetrics>? MetricsCallback;
 
         /// <summary>
@@ -147,7 +147,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// </summary>
         public int DivergenceRetries;
 
-        /// <summary>Receives the progress of every training step (for progress bars), or null. Called on the training thread.</summary>
+        /// <summary>Receives the progress of every training step (for progress bars), or null. Called on the training thread (not the caller of Fit).</summary>
         public Action<DecorrelatedImageClassificationProgress>? ProgressCallback;
 
         /// <summary>Seed of weights, batch order and sampling; null = the MLContext's seed (random when it has none).</summary>
