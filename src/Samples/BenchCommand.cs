@@ -25,7 +25,7 @@ internal sealed record BenchSettings
     public int? TrainLimit { get; init; }
     public int? TestLimit { get; init; }
     public LearningRateSchedule Schedule { get; init; } = LearningRateSchedule.Constant;
-    public double WeightDecay { get; init; }
+    public double WeightDecay { get; init; } = new DecorrelatedImageClassificationTrainer.Options().WeightDecay;
     public int CropPadding { get; init; }
     public bool HorizontalFlip { get; init; }
     /// <summary>Small CNN only: BatchNorm after each convolution, in every arm.</summary>
@@ -83,7 +83,7 @@ internal sealed class Bench(IAnsiConsole console)
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
         var testLimit = new Option<int?>("--test-limit") { Description = "Evaluate on only the first N test images." };
         var schedule = new Option<LearningRateSchedule>("--schedule") { Description = "Learning-rate schedule of every arm.", DefaultValueFactory = _ => defaults.Schedule };
-        var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm.", DefaultValueFactory = _ => 0 };
+        var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm (default: the trainer's).", DefaultValueFactory = _ => defaults.WeightDecay };
         var cropPadding = new Option<int>("--crop-padding") { Description = "Augmentation of every arm: random crop after padding by N pixels (0 = off).", DefaultValueFactory = _ => 0 };
         var flip = new Option<bool>("--flip") { Description = "Augmentation of every arm: random horizontal flip." };
         var batchNorm = new Option<bool>("--batch-norm") { Description = "small-cnn: BatchNorm after each convolution, in every arm." };

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.ML.Decorrelation.Torch;
 using Microsoft.ML.Decorrelation.Torch.Architectures;
 using Microsoft.ML.Decorrelation.Torch.Training;
@@ -67,6 +68,21 @@ public class DenormalFlushingTests
             DenormalFlushing.Run<int>(() => throw new TrainingDivergedException("diverged at step 7")));
         Assert.AreEqual("diverged at step 7", error.Message);
         Assert.Contains(nameof(Run_RethrowsTheWorksException), error.StackTrace!);
+    }
+
+    [TestMethod]
+    public void Run_KeepsTheCallersCulture()
+    {
+        var (culture, uiCulture) = (CultureInfo.CurrentCulture, CultureInfo.CurrentUICulture);
+        try
+        {
+            (CultureInfo.CurrentCulture, CultureInfo.CurrentUICulture) = (new CultureInfo("de-DE"), new CultureInfo("fr-FR"));
+            Assert.AreEqual("1,5 de-DE fr-FR", DenormalFlushing.Run(() => $"{1.5} {CultureInfo.CurrentCulture.Name} {CultureInfo.CurrentUICulture.Name}"));
+        }
+        finally
+        {
+            (CultureInfo.CurrentCulture, CultureInfo.CurrentUICulture) = (culture, uiCulture);
+        }
     }
 
     [TestMethod]

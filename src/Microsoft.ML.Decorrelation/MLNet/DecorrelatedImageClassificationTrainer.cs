@@ -68,8 +68,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>Adam learning rate of the weights. Default 1e-3.</summary>
         public double LearningRate = 1e-3;
 
-        /// <summary>L2 weight decay. Default 0.</summary>
-        public double WeightDecay;
+        /// <summary>
+        /// L2 weight decay. Default 5e-4: over 3 seeds it kept DBP's final accuracy above backprop's in every seed
+        /// (README "Performance"); 0 turns it off.
+        /// </summary>
+        public double WeightDecay = 5e-4;
 
         /// <summary>How the learning rate changes over training. Default constant.</summary>
         public LearningRateSchedule LearningRateSchedule = LearningRateSchedule.Constant;

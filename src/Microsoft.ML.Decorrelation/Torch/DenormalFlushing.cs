@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 
@@ -45,10 +46,12 @@ public static class DenormalFlushing
         ArgumentNullException.ThrowIfNull(work);
         T result = default!;
         ExceptionDispatchInfo? failure = null;
+        var (culture, uiCulture) = (CultureInfo.CurrentCulture, CultureInfo.CurrentUICulture);
         var thread = new Thread(() =>
         {
             try
             {
+                (CultureInfo.CurrentCulture, CultureInfo.CurrentUICulture) = (culture, uiCulture);   // messages read as the caller's would
                 EnableOnCurrentThread();
                 result = work();
             }
