@@ -7,9 +7,9 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// <summary>
 /// Runs CPU training with denormal floats flushed to zero, as PyTorch's <c>torch.set_flush_denormal(True)</c>
 /// does. Weights that weight decay drives towards zero become denormal (below 1.2e-38) after a few epochs,
-/// and every multiplication with them then takes the CPU's slow microcode path: a small CNN's step grew
-/// 4× slower within 5 epochs at weight decay 5e-4 (DESIGN.md, README "Performance"). Flushing them to zero
-/// changes no value above 1.2e-38.
+/// and every multiplication with them then takes the CPU's slow microcode path: plain backprop on the small
+/// CNN at weight decay 5e-4 took 47 s per half epoch by epoch 5 instead of 12–15 s (README "Performance").
+/// Flushing them to zero changes no value above 1.2e-38.
 /// </summary>
 /// <remarks>
 /// The flush mode is a per-thread CPU setting (MXCSR on x86, FPCR on ARM) that threads inherit from the
@@ -20,8 +20,9 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// Before starting that thread, the caller's idle OpenMP workers are released (<c>omp_pause_resource_all</c>;
 /// OpenMP recreates them when the caller next runs Torch): while they exist, OpenMP counts more threads
 /// than cores and makes every worker sleep between parallel regions instead of spinning, which made the
-/// training thread's steps up to 45 % slower. The mode is set through libtorch's exported <c>at::Context::setFlushDenormal</c>; where that export
-/// is missing (another libtorch build or ABI), the work runs unchanged and <see cref="IsSupported"/> is false.
+/// training thread's steps about 40 % slower. The mode is set through libtorch's exported
+/// <c>at::Context::setFlushDenormal</c>; where that export is missing (another libtorch build or ABI),
+/// <see cref="IsSupported"/> is false and the work runs on the caller's thread, unflushed.
 /// </remarks>
 public static class DenormalFlushing
 {
@@ -45,13 +46,16 @@ public static class DenormalFlushing
     /// <summary>
     /// Runs <paramref name="work"/> to completion on a new thread whose denormal floats are flushed to zero,
     /// and returns its result. Exceptions are rethrown on the caller's thread with their original stack.
-    /// Callbacks that <paramref name="work"/> invokes run on that thread.
+    /// Callbacks that <paramref name="work"/> invokes run on that thread. Without <see cref="IsSupported"/>,
+    /// the work simply runs on the caller's thread.
     /// </summary>
     /// <typeparam name="T">The result type.</typeparam>
     /// <param name="work">The work; it must not depend on the caller's thread (thread-static state, Torch dispose scopes).</param>
     public static T Run<T>(Func<T> work)
     {
         ArgumentNullException.ThrowIfNull(work);
+        if (LibTorch.Value is not { } libTorch)
+            return work();
         T result = default!;
         ExceptionDispatchInfo? failure = null;
         var (culture, uiCulture) = (CultureInfo.CurrentCulture, CultureInfo.CurrentUICulture);
@@ -72,7 +76,7 @@ public static class DenormalFlushing
             Name = "Decorrelation training (denormals flushed)",
             IsBackground = true,
         };
-        LibTorch.Value?.PauseOpenMp?.Invoke(OmpPauseSoft);
+        libTorch.PauseOpenMp?.Invoke(OmpPauseSoft);
         thread.Start();
         thread.Join();
         failure?.Throw();

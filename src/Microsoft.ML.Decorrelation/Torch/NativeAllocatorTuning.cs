@@ -8,8 +8,8 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// and the trim threshold to 1 GiB keeps that memory in the heap and makes a CPU training step about 3×
 /// faster (DESIGN.md §5). Training runs on a thread of its own (<see cref="DenormalFlushing"/>), whose
 /// allocations come from a per-thread arena made of 64 MiB heaps that glibc unmaps as soon as one is empty
-/// and maps again on the next step; a top pad of 64 MiB keeps them (measured: that thread's steps were 10–20%
-/// slower without it, equal with it). The price: freed memory returns to the operating system later.
+/// and maps again on the next step; a top pad of 64 MiB keeps them (measured in an in-process comparison
+/// that alternated steps between threads: 10–20% slower on a second thread without it, equal with it). The price: freed memory returns to the operating system later.
 /// </summary>
 /// <remarks>
 /// Applied once per process, before the first training run, unless

@@ -124,7 +124,7 @@ public sealed class TrainingOptions
     public bool TuneNativeAllocator { get; set; } = true;
 
     /// <summary>
-    /// Train with denormal floats flushed to zero (<see cref="DenormalFlushing"/>): <see cref="NetworkTrainer.Train"/>
+    /// Train with denormal floats flushed to zero (<see cref="DenormalFlushing"/>): where supported, <see cref="NetworkTrainer.Train"/>
     /// then runs on a thread of its own, and its callbacks are invoked there. Without it, weight decay makes CPU
     /// steps several times slower within a few epochs. Default true.
     /// </summary>
