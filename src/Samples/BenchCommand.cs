@@ -25,6 +25,8 @@ internal sealed record BenchSettings
     public int? TrainLimit { get; init; }
     public int? TestLimit { get; init; }
     public LearningRateSchedule Schedule { get; init; } = LearningRateSchedule.Constant;
+    /// <summary>With the step schedule: epochs between two decays (by <see cref="TrainingOptions.StepDecayFactor"/>).</summary>
+    public int StepDecayEpochs { get; init; } = new TrainingOptions().StepDecayEpochs;
     public double WeightDecay { get; init; } = new DecorrelatedImageClassificationTrainer.Options().WeightDecay;
     public int CropPadding { get; init; }
     public bool HorizontalFlip { get; init; }
@@ -61,6 +63,34 @@ internal sealed class BenchArm(string name, bool decorrelated, double learningRa
     public double AccuracyAt(double seconds) => Evaluations.Where(e => e.Seconds <= seconds + 1e-9).Select(e => e.Accuracy).DefaultIfEmpty(double.NaN).Last();
 }
 
+/// <summary>A target of the performance issue (medians over 3 seeds) and the figure a run measured for it.</summary>
+/// <param name="Figure">The key of the figure in the benchmark's JSON.</param>
+/// <param name="AtLeast">True when the figure must reach the threshold, false when it must stay within it.</param>
+/// <param name="Threshold">The bound.</param>
+/// <param name="Value">The median over seeds; null when not reached (time ratios).</param>
+internal sealed record BenchTarget(string Figure, bool AtLeast, double Threshold, double? Value)
+{
+    /// <summary>Whether the run met the target; a figure that was not reached does not meet it.</summary>
+    public bool Met => Value is double value && (AtLeast ? value >= Threshold : value <= Threshold);
+
+    /// <summary>The targets that apply to a run of <paramref name="settings"/>, measured from its medians over seeds.</summary>
+    public static IReadOnlyList<BenchTarget> For(BenchSettings settings, IReadOnlyDictionary<string, object?> medians)
+    {
+        double? Figure(string key) => medians.TryGetValue(key, out var value) ? (double?)value : null;
+        if (settings.MaxInputSizes.Length == 0)
+            return [];
+        if (settings.Case == "resnet18")
+            return [new("stepRatio", AtLeast: false, 1.5, Figure("stepRatio"))];
+        var targets = new List<BenchTarget> { new("stepRatio", AtLeast: false, 1.15, Figure("stepRatio")) };
+        if (settings.Steps is null)
+        {
+            targets.Add(new("timeToAccuracyRatio", AtLeast: true, 2.0, Figure("timeToAccuracyRatio")));
+            targets.Add(new("dbpFinalAccuracy", AtLeast: true, Figure("bpFinalAccuracy") ?? double.NaN, Figure("dbpFinalAccuracy")));
+        }
+        return targets;
+    }
+}
+
 /// <summary>
 /// The benchmark: backprop and DBP trained in ONE process from identical initial weights and batch order,
 /// interleaved step by step (the arm that goes first rotates) so that machine noise hits all arms alike;
@@ -83,6 +113,7 @@ internal sealed class Bench(IAnsiConsole console)
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
         var testLimit = new Option<int?>("--test-limit") { Description = "Evaluate on only the first N test images." };
         var schedule = new Option<LearningRateSchedule>("--schedule") { Description = "Learning-rate schedule of every arm.", DefaultValueFactory = _ => defaults.Schedule };
+        var stepDecayEpochs = new Option<int>("--step-decay-epochs") { Description = "With --schedule Step: epochs between two decays of the learning rate (×0.1).", DefaultValueFactory = _ => defaults.StepDecayEpochs };
         var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm (default: the trainer's).", DefaultValueFactory = _ => defaults.WeightDecay };
         var cropPadding = new Option<int>("--crop-padding") { Description = "Augmentation of every arm: random crop after padding by N pixels (0 = off).", DefaultValueFactory = _ => 0 };
         var flip = new Option<bool>("--flip") { Description = "Augmentation of every arm: random horizontal flip." };
@@ -104,7 +135,7 @@ internal sealed class Bench(IAnsiConsole console)
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
+            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, stepDecayEpochs, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
         };
         command.SetAction(result =>
         {
@@ -123,6 +154,7 @@ internal sealed class Bench(IAnsiConsole console)
                 TrainLimit = result.GetValue(limit),
                 TestLimit = result.GetValue(testLimit),
                 Schedule = result.GetValue(schedule),
+                StepDecayEpochs = result.GetValue(stepDecayEpochs),
                 WeightDecay = result.GetValue(weightDecay),
                 CropPadding = result.GetValue(cropPadding),
                 HorizontalFlip = result.GetValue(flip),
@@ -161,7 +193,7 @@ internal sealed class Bench(IAnsiConsole console)
         test.Normalize(mean, deviation);
         var d = settings.Decorrelation;
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
-            $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule, weight decay {settings.WeightDecay}, " +
+            $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule{(settings.Schedule == LearningRateSchedule.Step ? $" (×{new TrainingOptions().StepDecayFactor} every {settings.StepDecayEpochs} epochs)" : "")}, weight decay {settings.WeightDecay}, " +
             $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}, BatchNorm {settings.BatchNorm}, denormals {(settings.FlushDenormals ? "flushed" : "kept")}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
             $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear), " +
             (d.MaxBlockSize is int block ? $"block-diagonal R with blocks ≤ {block}" : "full R") + $"; DBP arms: {(settings.MaxInputSizes.Length == 0 ? "none" : string.Join(", ", settings.MaxInputSizes.Select(VariantName)))}."));
@@ -190,8 +222,18 @@ internal sealed class Bench(IAnsiConsole console)
 
         var table = new Table().Title("Medians over seeds").AddColumns("Figure", "Value");
         foreach (var (key, value) in figures.Where(kv => kv.Value is double or null && kv.Key != "case"))
-            table.AddRow(key, value is double v ? v.ToString("0.000", CultureInfo.InvariantCulture) : "not reached");
+            table.AddRow(key, Figure(value));
         console.Write(table);
+
+        var targets = BenchTarget.For(settings, figures);
+        figures["targets"] = targets.Select(t => new { figure = t.Figure, atLeast = t.AtLeast, threshold = t.Threshold, value = t.Value, met = t.Met }).ToList();
+        if (targets.Count > 0)
+        {
+            var verdicts = new Table().Title($"Targets of the performance issue (medians over 3 seeds; this run: {settings.Seeds})").AddColumns("Figure", "Target", "Measured", "Verdict");
+            foreach (var target in targets)
+                verdicts.AddRow(target.Figure, (target.AtLeast ? "≥ " : "≤ ") + Figure(target.Threshold), Figure(target.Value), target.Met ? "met" : "NOT MET");
+            console.Write(verdicts);
+        }
         return figures;
     }
 
@@ -214,7 +256,7 @@ internal sealed class Bench(IAnsiConsole console)
                     var options = new TrainingOptions
                     {
                         Epochs = epochs, BatchSize = settings.BatchSize, LearningRate = learningRate, Seed = seed, Threads = settings.Threads,
-                        Schedule = settings.Schedule, WeightDecay = settings.WeightDecay, Decorrelation = decorrelation,
+                        Schedule = settings.Schedule, StepDecayEpochs = settings.StepDecayEpochs, WeightDecay = settings.WeightDecay, Decorrelation = decorrelation,
                         RandomCropPadding = settings.CropPadding, RandomHorizontalFlip = settings.HorizontalFlip,
                     };
                     var network = NetworkTrainer.CreateNetwork(Builder(settings), options, decorrelated);
@@ -374,6 +416,8 @@ internal sealed class Bench(IAnsiConsole console)
     private static Func<Device, nn.Module<Tensor, Tensor>> Builder(BenchSettings settings) => settings.Case == "resnet18"
         ? device => NetworkBuilder.ResNet18(1, 10, ResNetStem.SmallImage, device)
         : device => NetworkBuilder.SmallCnn(1, 28, 28, 10, device, settings.BatchNorm);
+
+    private static string Figure(object? value) => value is double v ? v.ToString("0.000", CultureInfo.InvariantCulture) : "not reached";
 
     private static string Ms(double value) => value.ToString("0.0", CultureInfo.InvariantCulture);
 

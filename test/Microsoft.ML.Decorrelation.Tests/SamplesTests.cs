@@ -139,12 +139,39 @@ public class SamplesTests : TempFolderTest
         Assert.AreEqual("DBP (D ≤ 300)", medianVariants[1]["dbpArm"]);
         StringAssert.Contains(output.ToString(), "Medians over seeds");
         StringAssert.Contains(output.ToString(), "crop padding 1");
+        StringAssert.Contains(output.ToString(), "Targets of the performance issue");
         using var json = JsonDocument.Parse(JsonSerializer.Serialize(figures));
+        var targets = json.RootElement.GetProperty("targets").EnumerateArray().ToArray();
+        CollectionAssert.AreEqual(new[] { "stepRatio", "timeToAccuracyRatio", "dbpFinalAccuracy" }, targets.Select(t => t.GetProperty("figure").GetString()).ToArray());
+        Assert.AreEqual((double)figures["stepRatio"]! <= 1.15, targets[0].GetProperty("met").GetBoolean());
+        Assert.AreEqual((double)figures["bpFinalAccuracy"]!, targets[2].GetProperty("threshold").GetDouble(), "DBP's final accuracy is held against backprop's");
+        Assert.AreEqual((double)figures["dbpFinalAccuracy"]! >= (double)figures["bpFinalAccuracy"]!, targets[2].GetProperty("met").GetBoolean());
         foreach (var arm in json.RootElement.GetProperty("perSeed")[1].GetProperty("arms").EnumerateArray())
         {
             var epochs = arm.GetProperty("evaluations").EnumerateArray().Select(e => e.GetProperty("epoch").GetDouble()).ToArray();
             CollectionAssert.AreEqual(new[] { 5 / 16.0, 10 / 16.0, 1.0 }, epochs, arm.GetProperty("name").GetString());
         }
+    }
+
+    [TestMethod]
+    public void BenchTargetsFollowTheCaseAndCountAFigureNotReachedAsNotMet()
+    {
+        var medians = new Dictionary<string, object?>
+        {
+            ["stepRatio"] = 1.14, ["timeToAccuracyRatio"] = null, ["bpFinalAccuracy"] = 0.91, ["dbpFinalAccuracy"] = 0.9138,
+        };
+
+        var accuracyRun = BenchTarget.For(new BenchSettings(), medians);
+        CollectionAssert.AreEqual(new[] { true, false, true }, accuracyRun.Select(t => t.Met).ToArray(), "1.14 ≤ 1.15; not reached; 91.38 % ≥ 91 %");
+        Assert.IsFalse(new BenchTarget("stepRatio", AtLeast: false, 1.15, 1.16).Met);
+        Assert.IsFalse(new BenchTarget("dbpFinalAccuracy", AtLeast: true, 0.91, 0.9099).Met);
+
+        var timingRun = BenchTarget.For(new BenchSettings { Steps = 60 }, medians);
+        Assert.AreEqual("stepRatio", timingRun.Single().Figure, "a timing-only run measures no accuracy");
+        var resnet = BenchTarget.For(new BenchSettings { Case = "resnet18", Steps = 24 }, new Dictionary<string, object?> { ["stepRatio"] = 1.4 });
+        Assert.AreEqual(1.5, resnet.Single().Threshold);
+        Assert.IsTrue(resnet.Single().Met);
+        Assert.IsEmpty(BenchTarget.For(new BenchSettings { MaxInputSizes = [] }, medians), "backprop-only runs compare nothing");
     }
 
     [TestMethod]
