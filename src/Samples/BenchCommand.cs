@@ -16,6 +16,8 @@ internal sealed record BenchSettings
 {
     public string Case { get; init; } = "small-cnn";
     public int Seeds { get; init; } = 3;
+    /// <summary>The first seed; the run uses seeds FirstSeed … FirstSeed + Seeds − 1 (to add seeds to an earlier run).</summary>
+    public int FirstSeed { get; init; }
     public int Epochs { get; init; } = 6;
     public double[] LearningRates { get; init; } = [1e-3, 2e-3];
     public int BatchSize { get; init; } = 128;
@@ -104,6 +106,7 @@ internal sealed class Bench(IAnsiConsole console)
         var caseOption = new Option<string>("--case") { Description = "small-cnn (accuracy and time) or resnet18 (step time only).", DefaultValueFactory = _ => defaults.Case };
         caseOption.AcceptOnlyFromAmong("small-cnn", "resnet18");
         var seeds = new Option<int>("--seeds") { Description = "Seeds; figures are medians over them.", DefaultValueFactory = _ => defaults.Seeds };
+        var firstSeed = new Option<int>("--first-seed") { Description = "The first seed (to add seeds to an earlier run).", DefaultValueFactory = _ => defaults.FirstSeed };
         var epochs = new Option<int>("--epochs") { Description = "Epochs per arm.", DefaultValueFactory = _ => defaults.Epochs };
         var grid = new Option<string>("--lr-grid") { Description = "Comma-separated Adam learning rates; each method gets its best.", DefaultValueFactory = _ => "0.001,0.002" };
         var batchSize = new Option<int?>("--batch-size") { Description = "Images per step (default 128; 64 for resnet18)." };
@@ -135,7 +138,7 @@ internal sealed class Bench(IAnsiConsole console)
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, stepDecayEpochs, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
+            caseOption, seeds, firstSeed, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, stepDecayEpochs, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
         };
         command.SetAction(result =>
         {
@@ -144,6 +147,7 @@ internal sealed class Bench(IAnsiConsole console)
             {
                 Case = benchCase,
                 Seeds = result.GetValue(seeds),
+                FirstSeed = result.GetValue(firstSeed),
                 Epochs = result.GetValue(epochs),
                 LearningRates = result.GetValue(grid)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray(),
                 BatchSize = result.GetValue(batchSize) ?? (benchCase == "resnet18" ? 64 : 128),
@@ -183,6 +187,8 @@ internal sealed class Bench(IAnsiConsole console)
         settings.Decorrelation.Validate();
         if (settings.BatchNorm && settings.Case != "small-cnn")
             throw new ArgumentException("--batch-norm applies to the small-cnn case only (ResNet-18 has BatchNorm already).");
+        if (settings.Seeds < 1 || settings.FirstSeed < 0)
+            throw new ArgumentOutOfRangeException(nameof(settings.Seeds), settings.Seeds, $"--seeds must be at least 1 and --first-seed not negative (got {settings.FirstSeed}).");
         if (settings.EvaluationsPerEpoch < 1)
             throw new ArgumentOutOfRangeException(nameof(settings.EvaluationsPerEpoch), settings.EvaluationsPerEpoch, "--evaluations-per-epoch must be at least 1.");
         var source = new FashionMnistSource().Locate(settings.Data);
@@ -193,13 +199,13 @@ internal sealed class Bench(IAnsiConsole console)
         test.Normalize(mean, deviation);
         var d = settings.Decorrelation;
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
-            $"{settings.Seeds} seed(s), learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule{(settings.Schedule == LearningRateSchedule.Step ? $" (×{new TrainingOptions().StepDecayFactor} every {settings.StepDecayEpochs} epochs)" : "")}, weight decay {settings.WeightDecay}, " +
+            $"{settings.Seeds} seed(s) from {settings.FirstSeed}, learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule{(settings.Schedule == LearningRateSchedule.Step ? $" (×{new TrainingOptions().StepDecayFactor} every {settings.StepDecayEpochs} epochs)" : "")}, weight decay {settings.WeightDecay}, " +
             $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}, BatchNorm {settings.BatchNorm}, denormals {(settings.FlushDenormals ? "flushed" : "kept")}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
             $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear), " +
             (d.MaxBlockSize is int block ? $"block-diagonal R with blocks ≤ {block}" : "full R") + $"; DBP arms: {(settings.MaxInputSizes.Length == 0 ? "none" : string.Join(", ", settings.MaxInputSizes.Select(VariantName)))}."));
 
         var perSeed = new List<Dictionary<string, object?>>();
-        for (int seed = 0; seed < settings.Seeds; seed++)
+        for (int seed = settings.FirstSeed; seed < settings.FirstSeed + settings.Seeds; seed++)
         {
             var arms = settings.FlushDenormals ? DenormalFlushing.Run(() => RunSeed(settings, seed, train, test)) : RunSeed(settings, seed, train, test);
             perSeed.Add(Summarise(settings, seed, arms));
@@ -428,10 +434,16 @@ internal sealed class Bench(IAnsiConsole console)
             : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 
-    /// <summary>Median of the values present; null when any seed has none (a target not reached counts as not reached).</summary>
-    private static double? Median(IEnumerable<double?> values)
+    /// <summary>
+    /// Median over seeds of a figure that may be missing, where missing (a target not reached) ranks below every value:
+    /// the median of {not reached, 1.2, 1.3} is 1.2; null when the middle value (or either of the two middle ones) is missing.
+    /// </summary>
+    internal static double? Median(IEnumerable<double?> values)
     {
-        var list = values.ToList();
-        return list.Any(v => v is null) ? null : Median(list.Select(v => v!.Value));
+        var sorted = values.OrderBy(v => v ?? double.NegativeInfinity).ToArray();
+        if (sorted.Length == 0)
+            return null;
+        var (lower, upper) = (sorted[(sorted.Length - 1) / 2], sorted[sorted.Length / 2]);
+        return lower is double a && upper is double b ? (a + b) / 2 : null;
     }
 }

@@ -115,14 +115,14 @@ public class SamplesTests : TempFolderTest
         var (console, output) = CapturedConsole();
         var settings = new BenchSettings
         {
-            Seeds = 2, Epochs = 1, LearningRates = [2e-3], BatchSize = 64, Threads = 2, TrainLimit = 1024, TestLimit = 300,
+            Seeds = 2, FirstSeed = 3, Epochs = 1, LearningRates = [2e-3], BatchSize = 64, Threads = 2, TrainLimit = 1024, TestLimit = 300,
             CropPadding = 1, MaxInputSizes = [null, 300], Data = FashionMnist.Folder, EvaluationsPerEpoch = 3,
         };
 
         var figures = new Bench(console).Run(settings);
 
         var perSeed = (List<Dictionary<string, object?>>)figures["perSeed"]!;
-        Assert.HasCount(2, perSeed);
+        CollectionAssert.AreEqual(new[] { 3, 4 }, perSeed.Select(s => (int)s["seed"]!).ToArray());
         foreach (var seed in perSeed)
         {
             var variants = (List<Dictionary<string, object?>>)seed["variants"]!;
@@ -151,6 +151,16 @@ public class SamplesTests : TempFolderTest
             var epochs = arm.GetProperty("evaluations").EnumerateArray().Select(e => e.GetProperty("epoch").GetDouble()).ToArray();
             CollectionAssert.AreEqual(new[] { 5 / 16.0, 10 / 16.0, 1.0 }, epochs, arm.GetProperty("name").GetString());
         }
+    }
+
+    [TestMethod]
+    public void BenchMedianRanksNotReachedBelowEveryRatio()
+    {
+        Assert.AreEqual(1.2, Bench.Median(new double?[] { null, 1.3, 1.2 }));
+        Assert.IsNull(Bench.Median(new double?[] { 1.3, null, null }), "two of three seeds did not reach");
+        Assert.AreEqual(1.5, Bench.Median(new double?[] { 2.0, 1.0 }));
+        Assert.IsNull(Bench.Median(new double?[] { null, 1.2 }), "one of the two middle values is missing");
+        Assert.AreEqual(1.25, Bench.Median(new double?[] { null, 1.2, 1.3, 1.4 }));
     }
 
     [TestMethod]
