@@ -187,8 +187,10 @@ internal sealed class Bench(IAnsiConsole console)
         settings.Decorrelation.Validate();
         if (settings.BatchNorm && settings.Case != "small-cnn")
             throw new ArgumentException("--batch-norm applies to the small-cnn case only (ResNet-18 has BatchNorm already).");
-        if (settings.Seeds < 1 || settings.FirstSeed < 0)
-            throw new ArgumentOutOfRangeException(nameof(settings.Seeds), settings.Seeds, $"--seeds must be at least 1 and --first-seed not negative (got {settings.FirstSeed}).");
+        if (settings.Seeds < 1)
+            throw new ArgumentOutOfRangeException(nameof(settings.Seeds), settings.Seeds, "--seeds must be at least 1.");
+        if (settings.FirstSeed < 0)
+            throw new ArgumentOutOfRangeException(nameof(settings.FirstSeed), settings.FirstSeed, "--first-seed must not be negative.");
         if (settings.EvaluationsPerEpoch < 1)
             throw new ArgumentOutOfRangeException(nameof(settings.EvaluationsPerEpoch), settings.EvaluationsPerEpoch, "--evaluations-per-epoch must be at least 1.");
         var source = new FashionMnistSource().Locate(settings.Data);
