@@ -429,12 +429,8 @@ internal sealed class Bench(IAnsiConsole console)
 
     private static string Ms(double value) => value.ToString("0.0", CultureInfo.InvariantCulture);
 
-    internal static double Median(IEnumerable<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length == 0 ? double.NaN
-            : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-    }
+    /// <summary>The median of <paramref name="values"/>; NaN when there are none.</summary>
+    internal static double Median(IEnumerable<double> values) => Median(values.Select(v => (double?)v)) ?? double.NaN;
 
     /// <summary>
     /// Median over seeds of a figure that may be missing, where missing (a target not reached) ranks below every value:

@@ -161,6 +161,8 @@ public class SamplesTests : TempFolderTest
         Assert.AreEqual(1.5, Bench.Median(new double?[] { 2.0, 1.0 }));
         Assert.IsNull(Bench.Median(new double?[] { null, 1.2 }), "one of the two middle values is missing");
         Assert.AreEqual(1.25, Bench.Median(new double?[] { null, 1.2, 1.3, 1.4 }));
+        Assert.AreEqual(2.0, Bench.Median(new[] { 3.0, 1.0, 2.0 }), "step times: no value is ever missing");
+        Assert.IsTrue(double.IsNaN(Bench.Median(Array.Empty<double>())));
     }
 
     [TestMethod]
