@@ -26,9 +26,11 @@ internal sealed record BenchSettings
     public int EvaluationsPerEpoch { get; init; } = 2;
     public int? TrainLimit { get; init; }
     public int? TestLimit { get; init; }
-    public LearningRateSchedule Schedule { get; init; } = LearningRateSchedule.Constant;
-    /// <summary>With the step schedule: epochs between two decays (by <see cref="TrainingOptions.StepDecayFactor"/>).</summary>
-    public int StepDecayEpochs { get; init; } = new TrainingOptions().StepDecayEpochs;
+    public LearningRateSchedule Schedule { get; init; } = new DecorrelatedImageClassificationTrainer.Options().LearningRateSchedule;
+    /// <summary>With the step schedule: epochs between two decays; null decays after a third and two thirds of the run.</summary>
+    public int? StepDecayEpochs { get; init; } = new TrainingOptions().StepDecayEpochs;
+    /// <summary>With the step schedule: the factor of each decay.</summary>
+    public double StepDecayFactor { get; init; } = new TrainingOptions().StepDecayFactor;
     public double WeightDecay { get; init; } = new DecorrelatedImageClassificationTrainer.Options().WeightDecay;
     public int CropPadding { get; init; }
     public bool HorizontalFlip { get; init; }
@@ -116,13 +118,15 @@ internal sealed class Bench(IAnsiConsole console)
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
         var testLimit = new Option<int?>("--test-limit") { Description = "Evaluate on only the first N test images." };
         var schedule = new Option<LearningRateSchedule>("--schedule") { Description = "Learning-rate schedule of every arm.", DefaultValueFactory = _ => defaults.Schedule };
-        var stepDecayEpochs = new Option<int>("--step-decay-epochs") { Description = "With --schedule Step: epochs between two decays of the learning rate (×0.1).", DefaultValueFactory = _ => defaults.StepDecayEpochs };
+        var stepDecayEpochs = new Option<int?>("--step-decay-epochs") { Description = "With --schedule Step: epochs between two decays of the learning rate (default: decay after a third and two thirds of the run)." };
+        var stepDecayFactor = new Option<double>("--step-decay-factor") { Description = "With --schedule Step: the factor of each decay.", DefaultValueFactory = _ => defaults.StepDecayFactor };
         var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay of every arm (default: the trainer's).", DefaultValueFactory = _ => defaults.WeightDecay };
         var cropPadding = new Option<int>("--crop-padding") { Description = "Augmentation of every arm: random crop after padding by N pixels (0 = off).", DefaultValueFactory = _ => 0 };
         var flip = new Option<bool>("--flip") { Description = "Augmentation of every arm: random horizontal flip." };
         var batchNorm = new Option<bool>("--batch-norm") { Description = "small-cnn: BatchNorm after each convolution, in every arm." };
         var keepDenormals = new Option<bool>("--keep-denormals") { Description = "Do not flush denormal floats to zero (the trainer does): shows their slowdown under weight decay." };
         var etaR = new Option<double>("--eta-r") { Description = "DBP: learning rate of R.", DefaultValueFactory = _ => defaults.Decorrelation.LearningRate };
+        var constantEtaR = new Option<bool>("--constant-eta-r") { Description = "DBP: keep η_R constant instead of scaling it with the learning-rate schedule." };
         var kappa = new Option<double>("--kappa") { Description = "DBP: kappa.", DefaultValueFactory = _ => defaults.Decorrelation.Kappa };
         var interval = new Option<int>("--interval") { Description = "DBP: update R every N steps.", DefaultValueFactory = _ => defaults.Decorrelation.UpdateInterval };
         var convFraction = new Option<double>("--conv-fraction") { Description = "DBP: sample fraction of convolutions.", DefaultValueFactory = _ => defaults.Decorrelation.ConvolutionSampleFraction };
@@ -138,7 +142,7 @@ internal sealed class Bench(IAnsiConsole console)
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, firstSeed, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, stepDecayEpochs, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
+            caseOption, seeds, firstSeed, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, stepDecayEpochs, stepDecayFactor, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, constantEtaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
         };
         command.SetAction(result =>
         {
@@ -159,6 +163,7 @@ internal sealed class Bench(IAnsiConsole console)
                 TestLimit = result.GetValue(testLimit),
                 Schedule = result.GetValue(schedule),
                 StepDecayEpochs = result.GetValue(stepDecayEpochs),
+                StepDecayFactor = result.GetValue(stepDecayFactor),
                 WeightDecay = result.GetValue(weightDecay),
                 CropPadding = result.GetValue(cropPadding),
                 HorizontalFlip = result.GetValue(flip),
@@ -166,7 +171,7 @@ internal sealed class Bench(IAnsiConsole console)
                 BatchNorm = result.GetValue(batchNorm),
                 Decorrelation = new DecorrelationOptions
                 {
-                    LearningRate = result.GetValue(etaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
+                    LearningRate = result.GetValue(etaR), FollowLearningRateSchedule = !result.GetValue(constantEtaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
                     ConvolutionSampleFraction = result.GetValue(convFraction), LinearSampleFraction = result.GetValue(linearFraction),
                     MaxBlockSize = result.GetValue(maxBlockSize),
                 },
@@ -201,8 +206,8 @@ internal sealed class Bench(IAnsiConsole console)
         test.Normalize(mean, deviation);
         var d = settings.Decorrelation;
         console.MarkupLine(Markup.Escape($"Case {settings.Case}: {source.Description}; {train.Count} training, {test.Count} test images; batch {settings.BatchSize}, {settings.Threads} threads, " +
-            $"{settings.Seeds} seed(s) from {settings.FirstSeed}, learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule{(settings.Schedule == LearningRateSchedule.Step ? $" (×{new TrainingOptions().StepDecayFactor} every {settings.StepDecayEpochs} epochs)" : "")}, weight decay {settings.WeightDecay}, " +
-            $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}, BatchNorm {settings.BatchNorm}, denormals {(settings.FlushDenormals ? "flushed" : "kept")}; DBP η_R {d.LearningRate}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
+            $"{settings.Seeds} seed(s) from {settings.FirstSeed}, learning rates {string.Join(", ", settings.LearningRates)}, {settings.Schedule} schedule{(settings.Schedule == LearningRateSchedule.Step ? $" (×{settings.StepDecayFactor} {(settings.StepDecayEpochs is int every ? $"every {every} epochs" : "after a third and two thirds of the run")})" : "")}, weight decay {settings.WeightDecay}, " +
+            $"crop padding {settings.CropPadding}, flip {settings.HorizontalFlip}, BatchNorm {settings.BatchNorm}, denormals {(settings.FlushDenormals ? "flushed" : "kept")}; DBP η_R {d.LearningRate}{(d.FollowLearningRateSchedule ? " (scaled with the schedule)" : " (constant)")}, κ {d.Kappa}, every {d.UpdateInterval} step(s), " +
             $"sample fractions {d.ConvolutionSampleFraction} (conv) / {d.LinearSampleFraction} (linear), " +
             (d.MaxBlockSize is int block ? $"block-diagonal R with blocks ≤ {block}" : "full R") + $"; DBP arms: {(settings.MaxInputSizes.Length == 0 ? "none" : string.Join(", ", settings.MaxInputSizes.Select(VariantName)))}."));
 
@@ -264,7 +269,7 @@ internal sealed class Bench(IAnsiConsole console)
                     var options = new TrainingOptions
                     {
                         Epochs = epochs, BatchSize = settings.BatchSize, LearningRate = learningRate, Seed = seed, Threads = settings.Threads,
-                        Schedule = settings.Schedule, StepDecayEpochs = settings.StepDecayEpochs, WeightDecay = settings.WeightDecay, Decorrelation = decorrelation,
+                        Schedule = settings.Schedule, StepDecayEpochs = settings.StepDecayEpochs, StepDecayFactor = settings.StepDecayFactor, WeightDecay = settings.WeightDecay, Decorrelation = decorrelation,
                         RandomCropPadding = settings.CropPadding, RandomHorizontalFlip = settings.HorizontalFlip,
                     };
                     var network = NetworkTrainer.CreateNetwork(Builder(settings), options, decorrelated);

@@ -133,6 +133,45 @@ public class TrainingTests
         Assert.AreEqual(0.1, step.LearningRateAt(19, 100, 10), 1e-12);
         Assert.AreEqual(0.05, step.LearningRateAt(20, 100, 10), 1e-12);
         Assert.AreEqual(0.025, step.LearningRateAt(45, 100, 10), 1e-12);
+        // Without StepDecayEpochs: ×0.1 after a third and after two thirds of the run, and no further.
+        var thirds = new TrainingOptions { LearningRate = 0.1, Schedule = LearningRateSchedule.Step };
+        long[] steps = [0, 29, 30, 59, 60, 89, 90];
+        double[] expected = [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001];
+        for (int i = 0; i < steps.Length; i++)
+            Assert.AreEqual(expected[i], thirds.LearningRateAt(steps[i], 90, 9), 1e-12, $"step {steps[i]} of 90");
+    }
+
+    [TestMethod]
+    [DataRow(true)]
+    [DataRow(false)]
+    public void DecorrelationRateFollowsTheScheduleOnlyWhenAsked(bool follow)
+    {
+        var options = new TrainingOptions
+        {
+            Epochs = 3, BatchSize = 32, LearningRate = 2e-3, Schedule = LearningRateSchedule.Step, StepDecayEpochs = 1, StepDecayFactor = 0.5,
+            Seed = 3, Threads = 2, Decorrelation = new DecorrelationOptions { LearningRate = 4e-3, FollowLearningRateSchedule = follow },
+        };
+        using var network = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: true);
+        using var session = new NetworkTrainer(options).CreateSession(network, stepsPerEpoch: 2);
+        using var images = _train.Images.narrow(0, 0, 32);
+        using var labels = _train.Labels.narrow(0, 0, 32);
+        var expected = new List<(double Weights, double R)>();
+        var actual = new List<(double Weights, double R)>();
+        for (int step = 0; step < 6; step++)
+        {
+            if (step == 4)
+                session.LearningRateScale = 0.25;   // as after a divergence: scales both rates on top of the schedule
+            session.Step(images, labels);
+            double schedule = Math.Pow(0.5, step / 2);
+            double scale = step >= 4 ? 0.25 : 1;
+            expected.Add((2e-3 * schedule * scale, 4e-3 * (follow ? schedule : 1) * scale));
+            actual.Add((session.LearningRate, session.Decorrelation.Layers.Select(l => l.LearningRate).Distinct().Single()));
+        }
+        for (int i = 0; i < expected.Count; i++)
+        {
+            Assert.AreEqual(expected[i].Weights, actual[i].Weights, 1e-15, $"weights' rate at step {i + 1}");
+            Assert.AreEqual(expected[i].R, actual[i].R, 1e-15, $"R's rate at step {i + 1}");
+        }
     }
 
     [TestMethod]
@@ -191,6 +230,7 @@ public class TrainingTests
         StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new NetworkTrainer(new TrainingOptions { LearningRate = double.NaN })).ParamName, "LearningRate");
         var kappa = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new NetworkTrainer(new TrainingOptions { Decorrelation = new DecorrelationOptions { Kappa = 1.5 } }));
         Assert.AreEqual("Kappa", kappa.ParamName);
+        Assert.AreEqual("StepDecayEpochs", Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new NetworkTrainer(new TrainingOptions { StepDecayEpochs = 0 })).ParamName);
         var fraction = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new DecorrelationOptions { ConvolutionSampleFraction = 0 }.Validate());
         Assert.AreEqual("ConvolutionSampleFraction", fraction.ParamName);
     }

@@ -74,8 +74,13 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// </summary>
         public double WeightDecay = 5e-4;
 
-        /// <summary>How the learning rate changes over training. Default constant.</summary>
-        public LearningRateSchedule LearningRateSchedule = LearningRateSchedule.Constant;
+        /// <summary>
+        /// How the learning rate changes over training. Default <see cref="LearningRateSchedule.Step"/>: ×0.1 after a third
+        /// and after two thirds of <see cref="MaxEpoch"/>, for the weights and the decorrelation matrices alike. Over 3 seeds
+        /// it let DBP reach backprop's best accuracy more than twice as fast, with a higher final accuracy than a constant
+        /// rate (README, Performance).
+        /// </summary>
+        public LearningRateSchedule LearningRateSchedule = LearningRateSchedule.Step;
 
         /// <summary>
         /// Augmentation: shift each training image by up to this many pixels (padding with its border, then a random

@@ -23,7 +23,10 @@ public enum LearningRateSchedule
     /// <summary>Cosine decay from the learning rate to 0 over all steps of the run.</summary>
     Cosine,
 
-    /// <summary>Multiplied by <see cref="TrainingOptions.StepDecayFactor"/> every <see cref="TrainingOptions.StepDecayEpochs"/> epochs.</summary>
+    /// <summary>
+    /// Multiplied by <see cref="TrainingOptions.StepDecayFactor"/> every <see cref="TrainingOptions.StepDecayEpochs"/> epochs,
+    /// or, when that is null, after a third and after two thirds of the run.
+    /// </summary>
     Step,
 }
 
@@ -51,8 +54,11 @@ public sealed class TrainingOptions
     /// <summary>The learning-rate schedule. Default constant.</summary>
     public LearningRateSchedule Schedule { get; set; } = LearningRateSchedule.Constant;
 
-    /// <summary>With <see cref="LearningRateSchedule.Step"/>: epochs between two decays. Default 2.</summary>
-    public int StepDecayEpochs { get; set; } = 2;
+    /// <summary>
+    /// With <see cref="LearningRateSchedule.Step"/>: epochs between two decays. Null (the default) decays twice, after a
+    /// third and after two thirds of the run's steps, whatever its length.
+    /// </summary>
+    public int? StepDecayEpochs { get; set; }
 
     /// <summary>With <see cref="LearningRateSchedule.Step"/>: the factor applied at each decay. Default 0.1.</summary>
     public double StepDecayFactor { get; set; } = 0.1;
@@ -145,7 +151,8 @@ public sealed class TrainingOptions
         Positive(BatchSize, nameof(BatchSize));
         Positive(EvaluationsPerEpoch, nameof(EvaluationsPerEpoch));
         Positive(EvaluationBatchSize, nameof(EvaluationBatchSize));
-        Positive(StepDecayEpochs, nameof(StepDecayEpochs));
+        if (StepDecayEpochs is int decayEpochs)
+            Positive(decayEpochs, nameof(StepDecayEpochs));
         if (RandomCropPadding < 0)
             throw new ArgumentOutOfRangeException(nameof(RandomCropPadding), RandomCropPadding, "The crop padding must not be negative.");
         if (DivergenceRetries < 0)
@@ -174,7 +181,9 @@ public sealed class TrainingOptions
     public double LearningRateAt(long step, long totalSteps, long stepsPerEpoch) => Schedule switch
     {
         LearningRateSchedule.Cosine => LearningRate * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(step, totalSteps) / totalSteps)),
-        LearningRateSchedule.Step => LearningRate * Math.Pow(StepDecayFactor, step / stepsPerEpoch / StepDecayEpochs),
+        LearningRateSchedule.Step => LearningRate * Math.Pow(StepDecayFactor, StepDecayEpochs is int decayEpochs
+            ? step / stepsPerEpoch / decayEpochs
+            : Math.Min(2, 3 * step / totalSteps)),
         _ => LearningRate,
     };
 

@@ -15,7 +15,9 @@ public sealed class TrainingSession : IDisposable
     private readonly optim.Optimizer _optimizer;
     private readonly long _totalSteps;
     private readonly double[] _decorrelationRates;
+    private readonly bool _decorrelationFollowsSchedule;
     private double _learningRateScale = 1;
+    private double _decorrelationScheduleFactor = 1;
 
     internal TrainingSession(nn.Module<Tensor, Tensor> network, TrainingOptions options, int stepsPerEpoch)
     {
@@ -41,6 +43,7 @@ public sealed class TrainingSession : IDisposable
         };
         LearningRate = options.LearningRate;
         _decorrelationRates = Decorrelation.Layers.Select(layer => layer.LearningRate).ToArray();
+        _decorrelationFollowsSchedule = decorrelation?.FollowLearningRateSchedule ?? true;
     }
 
     /// <summary>
@@ -54,9 +57,14 @@ public sealed class TrainingSession : IDisposable
         {
             ArgumentOutOfRangeException.ThrowIfNegativeOrZero(value);
             _learningRateScale = value;
-            for (int i = 0; i < _decorrelationRates.Length; i++)
-                Decorrelation.Layers[i].LearningRate = _decorrelationRates[i] * value;
+            ApplyDecorrelationRates();
         }
+    }
+
+    private void ApplyDecorrelationRates()
+    {
+        for (int i = 0; i < _decorrelationRates.Length; i++)
+            Decorrelation.Layers[i].LearningRate = _decorrelationRates[i] * _learningRateScale * _decorrelationScheduleFactor;
     }
 
     /// <summary>Writes the network's weights and buffers, the optimizer's state, the step count and the learning-rate scale.</summary>
@@ -116,9 +124,15 @@ public sealed class TrainingSession : IDisposable
         using var scope = NewDisposeScope();
         long step = StepCount + 1;
         int epoch = (int)(StepCount / StepsPerEpoch) + 1;
-        LearningRate = _options.LearningRateAt(StepCount, _totalSteps, StepsPerEpoch) * _learningRateScale;
+        double scheduled = _options.LearningRateAt(StepCount, _totalSteps, StepsPerEpoch);
+        LearningRate = scheduled * _learningRateScale;
         foreach (var group in _optimizer.ParamGroups)
             group.LearningRate = LearningRate;
+        if (_decorrelationFollowsSchedule && scheduled / _options.LearningRate != _decorrelationScheduleFactor)
+        {
+            _decorrelationScheduleFactor = scheduled / _options.LearningRate;
+            ApplyDecorrelationRates();
+        }
 
         Network.train();
         Decorrelation.BeginStep();
