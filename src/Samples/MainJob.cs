@@ -11,7 +11,7 @@ internal sealed record MainJobSettings
     public int Epochs { get; init; } = 5;
     public CnnArchitecture Architecture { get; init; } = CnnArchitecture.SmallCnn;
     public int BatchSize { get; init; } = 128;
-    public double LearningRate { get; init; } = 1e-3;
+    public double LearningRate { get; init; } = new DecorrelatedImageClassificationTrainer.Options().LearningRate;
     public double DecorrelationLearningRate { get; init; } = new DecorrelatedImageClassificationTrainer.Options().DecorrelationLearningRate;
     public double Kappa { get; init; } = new DecorrelatedImageClassificationTrainer.Options().Kappa;
     public double SampleFraction { get; init; } = new DecorrelatedImageClassificationTrainer.Options().DecorrelationSampleFraction;

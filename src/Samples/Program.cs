@@ -8,7 +8,7 @@ var architecture = new Option<CnnArchitecture>("--arch") { Description = "Networ
 var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => 128 };
 var data = new Option<string?>("--data") { Description = "A folder with the four Fashion-MNIST IDX files (default: Debian package, cache, download, shipped subset)." };
 var seed = new Option<int>("--seed") { Description = "Seed of weights, batch order and sampling.", DefaultValueFactory = _ => 0 };
-var learningRate = new Option<double>("--lr") { Description = "Adam learning rate of both arms.", DefaultValueFactory = _ => 1e-3 };
+var learningRate = new Option<double>("--lr") { Description = "Adam learning rate of both arms.", DefaultValueFactory = _ => new MainJobSettings().LearningRate };
 var decorrelationRate = new Option<double>("--eta-r") { Description = "DBP: learning rate of the decorrelation matrices.", DefaultValueFactory = _ => new MainJobSettings().DecorrelationLearningRate };
 var kappa = new Option<double>("--kappa") { Description = "DBP: weight of variance normalisation, in [0, 1].", DefaultValueFactory = _ => new MainJobSettings().Kappa };
 var sampleFraction = new Option<double>("--sample-fraction") { Description = "DBP: fraction of each batch feeding the convolutions' statistics.", DefaultValueFactory = _ => new MainJobSettings().SampleFraction };
