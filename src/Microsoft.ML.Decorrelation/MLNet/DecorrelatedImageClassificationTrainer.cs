@@ -80,8 +80,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>
         /// How the learning rate changes over training. Default <see cref="LearningRateSchedule.Step"/>: ×0.1 after a third
         /// and after two thirds of <see cref="MaxEpoch"/>, for the weights and the decorrelation matrices alike. Over 3 seeds
-        /// it let DBP reach backprop's best accuracy more than twice as fast, with a higher final accuracy than a constant
-        /// rate (README, Performance).
+        /// on Fashion-MNIST it let DBP reach backprop's best accuracy 2.05× as fast (median; 1.21× at a constant rate) and
+        /// end 0.7 points higher than at a constant rate (README, Performance). Runs of only a few steps learn more at
+        /// <see cref="LearningRateSchedule.Constant"/>.
         /// </summary>
         public LearningRateSchedule LearningRateSchedule = LearningRateSchedule.Step;
 
