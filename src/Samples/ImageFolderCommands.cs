@@ -23,10 +23,10 @@ internal static class ImageFolderCommands
     {
         var images = new Option<DirectoryInfo>("--images") { Description = "A folder with one sub-folder of images per class.", Required = true };
         var model = new Option<FileInfo>("--model") { Description = "Where to save the model.", DefaultValueFactory = _ => new FileInfo("model.zip") };
-        var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 10 };
+        var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => new DecorrelatedImageClassificationTrainer.Options().MaxEpoch };
         var size = new Option<int>("--size") { Description = "Images are resized to SIZE×SIZE.", DefaultValueFactory = _ => 32 };
         var architecture = new Option<CnnArchitecture>("--arch") { Description = "Network.", DefaultValueFactory = _ => CnnArchitecture.SmallCnn };
-        var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => 64 };
+        var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => new DecorrelatedImageClassificationTrainer.Options().BatchSize };
         var plain = new Option<bool>("--backprop") { Description = "Train with plain backpropagation instead of DBP." };
         var command = new System.CommandLine.Command("train", "Train an image classifier on a folder of class sub-folders and save it.") { images, model, epochs, size, architecture, batchSize, plain };
         command.SetAction(result => RunTrain(AnsiConsole.Console, result.GetValue(images)!, result.GetValue(model)!, result.GetValue(epochs), result.GetValue(size),

@@ -8,9 +8,9 @@ namespace Microsoft.ML.Decorrelation.Samples;
 /// <summary>Settings of the main job; every one has a command-line option.</summary>
 internal sealed record MainJobSettings
 {
-    public int Epochs { get; init; } = 5;
+    public int Epochs { get; init; } = new DecorrelatedImageClassificationTrainer.Options().MaxEpoch;
     public CnnArchitecture Architecture { get; init; } = CnnArchitecture.SmallCnn;
-    public int BatchSize { get; init; } = 128;
+    public int BatchSize { get; init; } = new DecorrelatedImageClassificationTrainer.Options().BatchSize;
     public double LearningRate { get; init; } = new DecorrelatedImageClassificationTrainer.Options().LearningRate;
     public double DecorrelationLearningRate { get; init; } = new DecorrelatedImageClassificationTrainer.Options().DecorrelationLearningRate;
     public double Kappa { get; init; } = new DecorrelatedImageClassificationTrainer.Options().Kappa;

@@ -3,9 +3,9 @@ using Microsoft.ML.Decorrelation;
 using Microsoft.ML.Decorrelation.Samples;
 using Spectre.Console;
 
-var epochs = new Option<int>("--epochs") { Description = "Epochs per arm.", DefaultValueFactory = _ => 5 };
+var epochs = new Option<int>("--epochs") { Description = "Epochs per arm.", DefaultValueFactory = _ => new MainJobSettings().Epochs };
 var architecture = new Option<CnnArchitecture>("--arch") { Description = "Network: SmallCnn, ResNet18, ResNet34 or ResNet50.", DefaultValueFactory = _ => CnnArchitecture.SmallCnn };
-var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => 128 };
+var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => new MainJobSettings().BatchSize };
 var data = new Option<string?>("--data") { Description = "A folder with the four Fashion-MNIST IDX files (default: Debian package, cache, download, shipped subset)." };
 var seed = new Option<int>("--seed") { Description = "Seed of weights, batch order and sampling.", DefaultValueFactory = _ => 0 };
 var learningRate = new Option<double>("--lr") { Description = "Adam learning rate of both arms.", DefaultValueFactory = _ => new MainJobSettings().LearningRate };
