@@ -31,7 +31,7 @@ internal static class PipelineExample
         return command;
     }
 
-    internal static int Run(IAnsiConsole console, int trainCount = 5000, int testCount = 1000, int epochs = 2)
+    internal static int Run(IAnsiConsole console, int trainCount = 5000, int testCount = 1000, int? epochs = null)
     {
         string imageFolder = Directory.CreateTempSubdirectory("dbp-pipeline-example").FullName;
         try
@@ -51,7 +51,7 @@ internal static class PipelineExample
                 .Append(ml.Transforms.ResizeImages("Image", 28, 28))
                 .Append(ml.Transforms.ExtractPixels("Features", "Image"))
                 .Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(
-                    new DecorrelatedImageClassificationTrainer.Options { MaxEpoch = epochs, MetricsCallback = m => Console.WriteLine(m) }))
+                    new DecorrelatedImageClassificationTrainer.Options { MaxEpoch = epochs ?? new DecorrelatedImageClassificationTrainer.Options().MaxEpoch, MetricsCallback = m => Console.WriteLine(m) }))
                 .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
             var model = pipeline.Fit(train);
 
