@@ -58,7 +58,7 @@ public sealed class DecorrelationOptions
     /// <summary>
     /// Multiply <see cref="LearningRate"/> by the learning-rate schedule's current factor (the scheduled rate over the
     /// initial one), so that R slows down when the weights do. Default true: with a constant η, R kept whitening at
-    /// full speed after each decay of the weights' rate and DBP's test accuracy fell back by 0.3–0.9 points on the
+    /// full speed after each decay of the weights' rate and DBP's test accuracy fell back by 0.3–0.8 points on the
     /// small CNN (README, Performance); false keeps η constant.
     /// </summary>
     public bool FollowLearningRateSchedule { get; set; } = true;

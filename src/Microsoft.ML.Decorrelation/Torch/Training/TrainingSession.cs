@@ -128,11 +128,8 @@ public sealed class TrainingSession : IDisposable
         LearningRate = scheduled * _learningRateScale;
         foreach (var group in _optimizer.ParamGroups)
             group.LearningRate = LearningRate;
-        if (_decorrelationFollowsSchedule && scheduled / _options.LearningRate != _decorrelationScheduleFactor)
-        {
-            _decorrelationScheduleFactor = scheduled / _options.LearningRate;
-            ApplyDecorrelationRates();
-        }
+        _decorrelationScheduleFactor = _decorrelationFollowsSchedule ? scheduled / _options.LearningRate : 1;
+        ApplyDecorrelationRates();
 
         Network.train();
         Decorrelation.BeginStep();
