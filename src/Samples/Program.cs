@@ -43,4 +43,6 @@ root.Subcommands.Add(ImageFolderCommands.Train());
 root.Subcommands.Add(ImageFolderCommands.Predict());
 root.Subcommands.Add(Bench.Create());
 root.Subcommands.Add(PipelineExample.Create());
+foreach (var command in NativeScan.Create())
+    root.Subcommands.Add(command);
 return root.Parse(args).Invoke();

@@ -4,8 +4,9 @@ using System.Globalization;
 namespace Microsoft.ML.Decorrelation.Tests;
 
 /// <summary>
-/// The test assembly's entry point. Tests run under <c>dotnet test</c>; the save/load test starts this
-/// assembly as a separate process that has never seen the trainer and only loads a saved model.
+/// The test assembly's entry point. Tests run under <c>dotnet test</c>; some start this assembly as a child
+/// process (<see cref="ChildProcess"/>): the save/load test, to score a saved model in a process that has never
+/// seen the trainer, and the native crash tests, to run libtorch kernels that may kill their process.
 /// </summary>
 internal static class Program
 {
@@ -15,7 +16,9 @@ internal static class Program
     {
         if (args.Length == 4 && args[0] == ScoreSavedModelCommand)
             return ScoreSavedModel(modelPath: args[1], dataPath: args[2], outputPath: args[3]);
-        Console.Error.WriteLine($"This assembly holds tests (run them with dotnet test), or: {ScoreSavedModelCommand} MODEL.zip DATA.idv OUTPUT.txt");
+        if (args.Length >= 4 && args[0] == NativeCases.Command)
+            return NativeCases.Run(args[1..]);
+        Console.Error.WriteLine($"This assembly holds tests (run them with dotnet test), or: {ScoreSavedModelCommand} MODEL.zip DATA.idv OUTPUT.txt, or {NativeCases.Command} CASE ONEDNN OUTPUT.txt ARGS...");
         return 2;
     }
 

@@ -1,5 +1,4 @@
 using Microsoft.ML.Data;
-using System.Diagnostics;
 using System.Globalization;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
 
@@ -25,13 +24,7 @@ public class SaveLoadProcessTests
             using (var file = File.Create(dataPath))
                 ml.Data.SaveAsBinary(test, file);
 
-            var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var argument in new[] { typeof(Program).Assembly.Location, Program.ScoreSavedModelCommand, modelPath, dataPath, outputPath })
-                start.ArgumentList.Add(argument);
-            using var child = Process.Start(start)!;
-            string output = child.StandardOutput.ReadToEnd() + child.StandardError.ReadToEnd();
-            Assert.IsTrue(child.WaitForExit(120_000), "the child process did not finish");
-            Assert.AreEqual(0, child.ExitCode, output);
+            ChildProcess.Run([Program.ScoreSavedModelCommand, modelPath, dataPath, outputPath]).AssertSucceeded("Scoring the saved model");
 
             var expected = model.Transform(test).GetColumn<float[]>("Score").ToArray();
             var actual = File.ReadAllLines(outputPath)

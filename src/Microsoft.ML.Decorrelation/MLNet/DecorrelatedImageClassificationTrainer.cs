@@ -168,6 +168,13 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
 
         /// <summary>Seed of weights, batch order and sampling; null = the MLContext's seed (random when it has none).</summary>
         public int? Seed;
+
+        /// <summary>
+        /// Whether convolutions may use oneDNN on the CPU while training. Default <see cref="OneDnnMode.Auto"/>: on, except
+        /// on CPUs that hide their cache sizes, where oneDNN's kernels crash the process (the log says when this applies),
+        /// or as the environment variable <c>DECORRELATION_ONEDNN</c> (on/off/auto) says. Scoring always follows Auto.
+        /// </summary>
+        public OneDnnMode OneDnn = OneDnnMode.Auto;
     }
 
     private readonly IHost _host;
@@ -279,6 +286,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             CheckpointPath = options.CheckpointPath,
             ResumeFromCheckpoint = options.ResumeFromCheckpoint,
             DivergenceRetries = options.DivergenceRetries,
+            OneDnn = options.OneDnn,
             Seed = seed,
             Device = device,
             Decorrelation = new DecorrelationOptions
@@ -442,5 +450,6 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         Check(!options.ResumeFromCheckpoint || !string.IsNullOrWhiteSpace(options.CheckpointPath), nameof(Options.ResumeFromCheckpoint), options.ResumeFromCheckpoint,
             "needs a CheckpointPath.");
         Check(Enum.IsDefined(options.LearningRateSchedule), nameof(Options.LearningRateSchedule), options.LearningRateSchedule, "unknown schedule.");
+        Check(Enum.IsDefined(options.OneDnn), nameof(Options.OneDnn), options.OneDnn, "unknown oneDNN mode.");
     }
 }

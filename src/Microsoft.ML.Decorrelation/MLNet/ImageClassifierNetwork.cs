@@ -1,3 +1,4 @@
+using Microsoft.ML.Decorrelation.Torch;
 using Microsoft.ML.Decorrelation.Torch.Architectures;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -69,6 +70,7 @@ internal sealed class ImageClassifierNetwork : IDisposable
     /// </summary>
     public float[] Score(float[] pixels, int rows)
     {
+        using var kernels = NativeKernelGuard.Enter(OneDnnMode.Auto);
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var input = tensor(pixels.AsSpan(0, rows * Shape.Size).ToArray(), [rows, Shape.Channels, Shape.Height, Shape.Width]).to(Device);

@@ -98,38 +98,11 @@ public static class DenormalFlushing
 
     private static Exports? FindExports()
     {
-        _ = TorchSharp.torch.get_num_threads();   // makes TorchSharp load libtorch
-        foreach (var library in LibraryNames())
-        {
-            if (!NativeLibrary.TryLoad(library, out var handle)
-                && !NativeLibrary.TryLoad(library, typeof(TorchSharp.torch).Assembly, null, out handle))
-                continue;
-            foreach (var (context, setter) in ExportNames())
-            {
-                if (NativeLibrary.TryGetExport(handle, context, out var contextAddress)
-                    && NativeLibrary.TryGetExport(handle, setter, out var setterAddress))
-                {
-                    // Found in libtorch's OpenMP runtime through its dependencies; absent with other thread pools.
-                    var pause = NativeLibrary.TryGetExport(handle, "omp_pause_resource_all", out var pauseAddress)
-                        ? Marshal.GetDelegateForFunctionPointer<PauseResourceAll>(pauseAddress) : null;
-                    return new Exports(Marshal.GetDelegateForFunctionPointer<GlobalContext>(contextAddress),
-                        Marshal.GetDelegateForFunctionPointer<SetFlushDenormal>(setterAddress), pause);
-                }
-            }
-        }
-        return null;
+        var context = LibTorchNative.TorchCpuFunction<GlobalContext>(LibTorchNative.GlobalContext);
+        var setter = LibTorchNative.TorchCpuFunction<SetFlushDenormal>("_ZN2at7Context16setFlushDenormalEb", "?setFlushDenormal@Context@at@@QEAA_N_N@Z");
+        if (context is null || setter is null)
+            return null;
+        // Found in libtorch's OpenMP runtime through its dependencies; absent with other thread pools.
+        return new Exports(context, setter, LibTorchNative.TorchCpuFunction<PauseResourceAll>("omp_pause_resource_all"));
     }
-
-    // Already loaded by TorchSharp, so the loader finds it by name; else probe like a DllImport of TorchSharp would.
-    private static string[] LibraryNames() =>
-        OperatingSystem.IsWindows() ? ["torch_cpu.dll"]
-        : OperatingSystem.IsMacOS() ? ["libtorch_cpu.dylib"]
-        : ["libtorch_cpu.so"];
-
-    // at::globalContext() and at::Context::setFlushDenormal(bool): Itanium C++ ABI names, then MSVC's.
-    private static (string Context, string Setter)[] ExportNames() =>
-    [
-        ("_ZN2at13globalContextEv", "_ZN2at7Context16setFlushDenormalEb"),
-        ("?globalContext@at@@YAAEAVContext@1@XZ", "?setFlushDenormal@Context@at@@QEAA_N_N@Z"),
-    ];
 }

@@ -95,6 +95,8 @@ public sealed class NetworkTrainer
         var options = _options;
         int batchesPerEpoch = (int)((train.Count + options.BatchSize - 1) / options.BatchSize);
         using var session = CreateSession(network, batchesPerEpoch);
+        if (!session.OneDnn.UseOneDnn)
+            onWarning?.Invoke(session.OneDnn.Reason + ".");
         var run = new RunState(session, new BestWeights(network));
         using var best = run.Best;
         random.manual_seed(options.Seed + 1);   // the statistics samples
@@ -182,7 +184,7 @@ public sealed class NetworkTrainer
                 Epoch = epoch - 1 + (double)(evaluationIndex + 1) / evaluationSteps.Count,
                 Step = session.StepCount,
                 TrainLoss = lossSum / lossCount,
-                TestAccuracy = test is null ? null : Evaluate(session.Network, test, options.EvaluationBatchSize, options.Device),
+                TestAccuracy = test is null ? null : Evaluate(session.Network, test, options.EvaluationBatchSize, options.Device, options.OneDnn),
                 TrainingSeconds = seconds,
                 LearningRate = session.LearningRate,
                 DecorrelationLoss = session.Decorrelation.TakeMeanLosses(),
@@ -339,13 +341,15 @@ public sealed class NetworkTrainer
     /// <param name="data">The labelled images.</param>
     /// <param name="batchSize">Images per forward pass.</param>
     /// <param name="device">The network's device.</param>
-    public static double Evaluate(nn.Module<Tensor, Tensor> network, ImageDataset data, int batchSize, Device device)
+    /// <param name="oneDnn">Whether convolutions may use oneDNN (<see cref="NativeKernelGuard"/>).</param>
+    public static double Evaluate(nn.Module<Tensor, Tensor> network, ImageDataset data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(data);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         if (data.Count == 0)
             return double.NaN;
+        using var kernels = NativeKernelGuard.Enter(oneDnn);
         bool wasTraining = network.training;
         network.eval();
         try

@@ -136,6 +136,13 @@ public sealed class TrainingOptions
     /// </summary>
     public bool FlushDenormals { get; set; } = true;
 
+    /// <summary>
+    /// Whether convolutions may use oneDNN on the CPU (<see cref="NativeKernelGuard"/>). Default
+    /// <see cref="OneDnnMode.Auto"/>: on, except where the CPU hides its cache sizes and oneDNN would crash the
+    /// process, or where the environment variable <c>DECORRELATION_ONEDNN</c> says otherwise.
+    /// </summary>
+    public OneDnnMode OneDnn { get; set; } = OneDnnMode.Auto;
+
     /// <summary>Returns a copy of these options (the decorrelation options copied too).</summary>
     public TrainingOptions Clone()
     {
@@ -171,6 +178,8 @@ public sealed class TrainingOptions
             throw new ArgumentOutOfRangeException(nameof(StepDecayFactor), StepDecayFactor, "The step decay factor must lie in (0, 1].");
         if (Threads is < 1)
             throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "The thread count must be at least 1.");
+        if (!Enum.IsDefined(OneDnn))
+            throw new ArgumentOutOfRangeException(nameof(OneDnn), OneDnn, "Unknown oneDNN mode.");
         Decorrelation?.Validate();
     }
 

@@ -16,6 +16,7 @@ public sealed class TrainingSession : IDisposable
     private readonly long _totalSteps;
     private readonly double[] _decorrelationRates;
     private readonly bool _decorrelationFollowsSchedule;
+    private readonly NativeKernelScope _kernels;
     private double _learningRateScale = 1;
     private double _decorrelationScheduleFactor = 1;
 
@@ -44,7 +45,14 @@ public sealed class TrainingSession : IDisposable
         LearningRate = options.LearningRate;
         _decorrelationRates = Decorrelation.Layers.Select(layer => layer.LearningRate).ToArray();
         _decorrelationFollowsSchedule = decorrelation?.FollowLearningRateSchedule ?? true;
+        _kernels = NativeKernelGuard.Enter(options.OneDnn);
     }
+
+    /// <summary>
+    /// Whether this session's convolutions may use oneDNN, and why (<see cref="TrainingOptions.OneDnn"/>); in force
+    /// from the session's creation until it is disposed.
+    /// </summary>
+    public OneDnnDecision OneDnn => _kernels.Decision;
 
     /// <summary>
     /// A factor on the scheduled learning rate and on every decorrelation learning rate; 1 at the start,
@@ -171,7 +179,11 @@ public sealed class TrainingSession : IDisposable
     }
 
     /// <summary>Releases the optimizer's state.</summary>
-    public void Dispose() => _optimizer.Dispose();
+    public void Dispose()
+    {
+        _optimizer.Dispose();
+        _kernels.Dispose();
+    }
 }
 
 /// <summary>Where one training step's wall-clock time went (CPU timings; on a GPU, kernels may finish later).</summary>
