@@ -43,6 +43,7 @@ root.Subcommands.Add(ImageFolderCommands.Train());
 root.Subcommands.Add(ImageFolderCommands.Predict());
 root.Subcommands.Add(Bench.Create());
 root.Subcommands.Add(PipelineExample.Create());
+root.Subcommands.Add(OneDnnCost.Create());
 foreach (var command in NativeScan.Create())
     root.Subcommands.Add(command);
 return root.Parse(args).Invoke();

@@ -13,8 +13,8 @@ public static class DecorrelatedCatalog
     /// <param name="featureColumnName">Pixels (ExtractPixels), an image (LoadImages) or encoded image bytes (LoadRawImageBytes).</param>
     /// <param name="scoreColumnName">The output column of class probabilities.</param>
     /// <param name="predictedLabelColumnName">The output column of predicted label keys.</param>
-    /// <param name="maxEpoch">Passes over the training data.</param>
-    /// <param name="batchSize">Images per training step.</param>
+    /// <param name="maxEpoch">Passes over the training data; null for the default of <see cref="DecorrelatedImageClassificationTrainer.Options.MaxEpoch"/>.</param>
+    /// <param name="batchSize">Images per training step; null for the default of <see cref="DecorrelatedImageClassificationTrainer.Options.BatchSize"/>.</param>
     /// <param name="validationSet">Data to report accuracy on after each epoch, or null.</param>
     /// <example>
     /// <code>
@@ -32,19 +32,22 @@ public static class DecorrelatedCatalog
         string featureColumnName = "Features",
         string scoreColumnName = "Score",
         string predictedLabelColumnName = "PredictedLabel",
-        int maxEpoch = 10,
-        int batchSize = 64,
+        int? maxEpoch = null,
+        int? batchSize = null,
         IDataView? validationSet = null)
-        => DecorrelatedImageClassification(catalog, new DecorrelatedImageClassificationTrainer.Options
+    {
+        var options = new DecorrelatedImageClassificationTrainer.Options
         {
             LabelColumnName = labelColumnName,
             FeatureColumnName = featureColumnName,
             ScoreColumnName = scoreColumnName,
             PredictedLabelColumnName = predictedLabelColumnName,
-            MaxEpoch = maxEpoch,
-            BatchSize = batchSize,
             ValidationSet = validationSet,
-        });
+        };
+        options.MaxEpoch = maxEpoch ?? options.MaxEpoch;
+        options.BatchSize = batchSize ?? options.BatchSize;
+        return DecorrelatedImageClassification(catalog, options);
+    }
 
     /// <summary>A multiclass image classifier trained with decorrelated backpropagation, with all options.</summary>
     /// <param name="catalog">The multiclass classification trainers catalog.</param>

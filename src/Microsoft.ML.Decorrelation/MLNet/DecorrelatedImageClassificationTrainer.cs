@@ -112,8 +112,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         public double Kappa = new DecorrelationOptions().Kappa;
 
         /// <summary>
-        /// Fraction, in (0, 1], of each batch's patches that feed the convolutions' decorrelation statistics. Default 0.03
-        /// (a batch of 64 28×28 images still gives about 1,500 patches); linear layers use a quarter of the batch.
+        /// Fraction, in (0, 1], of each batch's images whose patches (all of them) feed the convolutions' decorrelation
+        /// statistics. Default 0.03 (4 images of a batch of 128: about 3,000 patches of a 28×28 layer); linear layers use a
+        /// quarter of the batch's rows.
         /// </summary>
         public double DecorrelationSampleFraction = new DecorrelationOptions().ConvolutionSampleFraction;
 

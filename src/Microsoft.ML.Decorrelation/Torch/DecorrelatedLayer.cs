@@ -121,14 +121,34 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         return weight.view(outputs, BlockCount, BlockSize).transpose(0, 1).bmm(decorrelation_matrix).transpose(0, 1).reshape(outputs, InputSize);
     }
 
-    /// <summary>Learning rate η of R.</summary>
-    public double LearningRate { get; set; }
+    /// <summary>Learning rate η of R: positive and finite.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is not positive and finite.</exception>
+    public double LearningRate
+    {
+        get => _learningRate;
+        set => _learningRate = value > 0 && double.IsFinite(value) ? value
+            : throw new ArgumentOutOfRangeException(nameof(LearningRate), value, $"Layer '{DisplayName}': the decorrelation learning rate must be positive and finite.");
+    }
 
     /// <summary>κ ∈ [0, 1], the weight of variance normalisation against decorrelation.</summary>
-    public double Kappa { get; set; }
+    /// <exception cref="ArgumentOutOfRangeException">The value lies outside [0, 1].</exception>
+    public double Kappa
+    {
+        get => _kappa;
+        set => _kappa = value >= 0 && value <= 1 ? value
+            : throw new ArgumentOutOfRangeException(nameof(Kappa), value, $"Layer '{DisplayName}': kappa must lie in [0, 1].");
+    }
 
-    /// <summary>Fraction of each batch's samples, in (0, 1], whose inputs feed the statistics.</summary>
-    public double SampleFraction { get; set; }
+    /// <summary>Fraction of each batch's samples (images for a convolution, rows for a linear layer), in (0, 1], whose inputs feed the statistics.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value lies outside (0, 1].</exception>
+    public double SampleFraction
+    {
+        get => _sampleFraction;
+        set => _sampleFraction = value > 0 && value <= 1 ? value
+            : throw new ArgumentOutOfRangeException(nameof(SampleFraction), value, $"Layer '{DisplayName}': a sample fraction must lie in (0, 1].");
+    }
+
+    private double _learningRate, _kappa, _sampleFraction;
 
     /// <summary>
     /// Whether the next training-mode forward pass keeps decorrelated samples for
@@ -253,7 +273,7 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         var next = BlockCount == 1
             ? decorrelation_matrix - update.mul_(stepSizes[0])
             : decorrelation_matrix - update.mul_(tensor(stepSizes, device: update.device).to(update.dtype).view(BlockCount, 1, 1));
-        if (!double.IsFinite(lossValue) || !double.IsFinite(next.sum().item<float>()))
+        if (!double.IsFinite(lossValue) || !isfinite(next).all().item<bool>())
             throw new TrainingDivergedException(
                 $"The decorrelation matrix of layer '{DisplayName}' diverged (decorrelation loss {lossValue}); it keeps its last finite value. " +
                 "Lower the decorrelation learning rate or the learning rate.", DisplayName);

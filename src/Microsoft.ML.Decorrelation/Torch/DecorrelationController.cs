@@ -26,8 +26,11 @@ public sealed class DecorrelationController
 
     /// <summary>Finds every <see cref="DecorrelatedLayer"/> of <paramref name="network"/> and names it by its path.</summary>
     /// <param name="network">The network; may contain no decorrelated layer (plain backprop).</param>
-    /// <param name="updateInterval">Collect statistics and update R on every this many steps.</param>
-    public DecorrelationController(nn.Module network, int updateInterval = 1)
+    /// <param name="updateInterval">
+    /// Collect statistics and update R on every this many steps. Default <see cref="DecorrelationOptions.UpdateInterval"/>'s
+    /// default, the interval the layers' default learning rate per update is meant for.
+    /// </param>
+    public DecorrelationController(nn.Module network, int updateInterval = DecorrelationOptions.DefaultUpdateInterval)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentOutOfRangeException.ThrowIfLessThan(updateInterval, 1);
@@ -52,17 +55,25 @@ public sealed class DecorrelationController
     /// <summary>Steps between two updates of R.</summary>
     public int UpdateInterval { get; }
 
-    /// <summary>Steps begun so far.</summary>
+    /// <summary>The number of the next step: one past the last step begun.</summary>
     public long Step { get; private set; }
 
     /// <summary>Whether the current step collects statistics and updates R.</summary>
     public bool UpdatesThisStep { get; private set; }
 
-    /// <summary>Starts a training step: tells each layer whether to keep samples in the coming forward pass.</summary>
-    public void BeginStep()
+    /// <summary>Starts the next training step (number <see cref="Step"/>): tells each layer whether to keep samples in the coming forward pass.</summary>
+    public void BeginStep() => BeginStep(Step);
+
+    /// <summary>
+    /// Starts training step <paramref name="step"/> (0-based, counted over the whole run): R is updated on the steps
+    /// that are multiples of <see cref="UpdateInterval"/>, so a run resumed or rolled back at any step keeps the
+    /// update phase of an uninterrupted run.
+    /// </summary>
+    public void BeginStep(long step)
     {
-        UpdatesThisStep = Step % UpdateInterval == 0;
-        Step++;
+        ArgumentOutOfRangeException.ThrowIfNegative(step);
+        UpdatesThisStep = step % UpdateInterval == 0;
+        Step = step + 1;
         foreach (var layer in Layers)
             layer.CollectStatistics = UpdatesThisStep;
     }

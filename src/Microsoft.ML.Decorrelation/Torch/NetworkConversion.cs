@@ -172,7 +172,10 @@ public static class NetworkConversion
         switch (module)
         {
             case BatchNorm2d norm:
-                var copy = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum ?? 0.1, norm.affine, norm.track_running_stats, norm.running_mean?.device);
+                // The device of whichever tensor the layer has (neither affine weights nor running statistics are required).
+                var device = norm.weight?.device ?? norm.running_mean?.device ?? norm.parameters().Concat(norm.buffers()).FirstOrDefault()?.device;
+                var copy = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum ?? 0.1, norm.affine, norm.track_running_stats, device);
+                copy.momentum = norm.momentum;   // null (a cumulative average) must stay null
                 CopyState(module, copy);
                 return copy;
             case Conv2d conv:

@@ -124,7 +124,7 @@ public sealed class TrainingOptions
     public int? Threads { get; set; }
 
     /// <summary>
-    /// Apply <see cref="NativeAllocatorTuning"/> before training (Linux only; about 3× faster CPU steps).
+    /// Apply <see cref="NativeAllocatorTuning"/> before training (Linux only; a guard against per-step mmap/munmap of activations, see README, Platform notes).
     /// Default true.
     /// </summary>
     public bool TuneNativeAllocator { get; set; } = true;

@@ -27,7 +27,7 @@ public sealed class TrainingSession : IDisposable
         StepsPerEpoch = stepsPerEpoch;
         _totalSteps = (long)stepsPerEpoch * options.Epochs;
         var decorrelation = options.Decorrelation;
-        Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? 1);
+        Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? DecorrelationOptions.DefaultUpdateInterval);
         if (decorrelation is not null)
         {
             foreach (var layer in Decorrelation.Layers)
@@ -140,7 +140,7 @@ public sealed class TrainingSession : IDisposable
         ApplyDecorrelationRates();
 
         Network.train();
-        Decorrelation.BeginStep();
+        Decorrelation.BeginStep(StepCount);
         long start = Stopwatch.GetTimestamp();
         _optimizer.zero_grad();
         var loss = nn.functional.cross_entropy(Network.forward(images), labels);
