@@ -39,7 +39,7 @@ public class TrainingTests
     /// </summary>
     private static Dictionary<string, (double Learned, double Identity)> LossesAgainstIdentity(nn.Module<Tensor, Tensor> network, Tensor batch)
     {
-        var controller = new DecorrelationController(network);
+        var controller = new DecorrelationController(network, updateInterval: 1);   // every BeginStep collects samples
         var result = new Dictionary<string, (double, double)>();
         network.train();
         foreach (var layer in controller.Layers)
