@@ -66,6 +66,28 @@ public class InputValidationTests
         StringAssert.Contains(error.Message, expected);
     }
 
+    private sealed class WideKeyRow
+    {
+        public ulong Label { get; set; }
+
+        [VectorType(1, 28, 28)]
+        public float[] Features { get; set; } = [];
+    }
+
+    [TestMethod]
+    public void SchemaCheckAndFitRejectTheSameKeyTypes()
+    {
+        var ml = new MLContext(1);
+        var schema = SchemaDefinition.Create(typeof(WideKeyRow));
+        schema[nameof(WideKeyRow.Label)].ColumnType = new KeyDataViewType(typeof(ulong), 2);
+        var data = ml.Data.LoadFromEnumerable(Enumerable.Range(0, 4).Select(i => new WideKeyRow { Label = (ulong)(i % 2 + 1), Features = new float[784] }), schema);
+        var trainer = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification();
+        var fromSchema = Assert.Throws<ArgumentException>(() => trainer.GetOutputSchema(TrainerTests.ShapeOf(data.Schema)));
+        var fromFit = Assert.Throws<ArgumentException>(() => trainer.Fit(data));
+        StringAssert.Contains(fromSchema.Message, "Label column 'Label' must be a key");
+        StringAssert.Contains(fromFit.Message, "Label column 'Label' must be a key");
+    }
+
     public static IEnumerable<object[]> BadOptions()
     {
         yield return [nameof(DecorrelatedImageClassificationTrainer.Options.BatchSize), new DecorrelatedImageClassificationTrainer.Options { BatchSize = 0 }];

@@ -33,7 +33,7 @@ public class TrainerTests
     });
 
     // SchemaShape.Create and MLContext.CancelExecution are internal in ML.NET 5; ML.NET's own tests call them directly.
-    private static SchemaShape ShapeOf(DataViewSchema schema)
+    internal static SchemaShape ShapeOf(DataViewSchema schema)
         => (SchemaShape)typeof(SchemaShape).GetMethod("Create", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic, [typeof(DataViewSchema)])!
             .Invoke(null, [schema])!;
 

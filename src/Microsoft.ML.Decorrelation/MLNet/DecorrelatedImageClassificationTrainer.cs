@@ -200,7 +200,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         _host.CheckValue(inputSchema, nameof(inputSchema));
         if (!inputSchema.TryFindColumn(_options.LabelColumnName, out var label))
             throw new ArgumentOutOfRangeException(nameof(inputSchema), $"Label column '{_options.LabelColumnName}' was not found in the input.");
-        if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar)
+        // The same rule as Fit: a scalar key of uint, which MapValueToKey produces.
+        if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar || label.ItemType.RawType != typeof(uint))
             throw new ArgumentOutOfRangeException(nameof(inputSchema),
                 $"Label column '{_options.LabelColumnName}' must be a key (use mlContext.Transforms.Conversion.MapValueToKey); it is {label.ItemType} ({label.Kind}).");
         if (!inputSchema.TryFindColumn(_options.FeatureColumnName, out var feature))
