@@ -102,4 +102,23 @@ public class CorrectnessTests
         converted.eval();
         Assert.AreEqual(0.0, Reference.MaxAbsDifference(plain.forward(input), converted.forward(input)), 1e-5);
     }
+
+    [TestMethod]
+    public void InputSizeWithoutAFittingSplitKeepsRFullInsteadOfSingleValueBlocks()
+    {
+        using var scope = NewDisposeScope();
+        var prime = new DecorrelatedLinear(13, 2, options: new DecorrelationOptions { MaxBlockSize = 4 });
+        Assert.AreEqual(1, prime.BlockCount, "13 features have no split into blocks of at most 4: 1×1 blocks would do nothing");
+        StringAssert.Contains(prime.BlockLayoutNote, "R is kept full (13×13)");
+
+        var perChannel = new DecorrelatedConv2d(7, 4, (3, 3), options: new DecorrelationOptions { MaxBlockSize = 20 });
+        Assert.AreEqual(7, perChannel.BlockCount, "one 9×9 block per channel fits 20");
+        Assert.IsNull(perChannel.BlockLayoutNote);
+        var tooWide = new DecorrelatedConv2d(7, 4, (3, 3), options: new DecorrelationOptions { MaxBlockSize = 5 });
+        Assert.AreEqual(7, tooWide.BlockCount);
+        StringAssert.Contains(tooWide.BlockLayoutNote, "one 9×9 block per channel");
+        var even = new DecorrelatedLinear(12, 2, options: new DecorrelationOptions { MaxBlockSize = 4 });
+        Assert.AreEqual(3, even.BlockCount);
+        Assert.IsNull(even.BlockLayoutNote);
+    }
 }

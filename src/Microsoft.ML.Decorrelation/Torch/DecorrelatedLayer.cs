@@ -42,6 +42,10 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         options.Validate();
         InputSize = inputSize;
         BlockCount = ChooseBlockCount(groups, inputSize / groups, options.MaxBlockSize);
+        if (options.MaxBlockSize is int max && inputSize > max && (BlockCount == 1 || inputSize / BlockCount > max))
+            BlockLayoutNote = BlockCount == 1
+                ? $"no split of its {groups} input {(groups == inputSize ? "features" : "channels")} into equal groups fits MaxBlockSize {max}, and single-value blocks would decorrelate nothing: R is kept full ({inputSize}×{inputSize})"
+                : $"no split of its {groups} input channels into equal groups fits MaxBlockSize {max}: R has one {inputSize / BlockCount}×{inputSize / BlockCount} block per channel";
         BlockSize = inputSize / BlockCount;
         LearningRate = options.LearningRate;
         Kappa = options.Kappa;
@@ -75,6 +79,12 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// <summary>G, the number of diagonal blocks of R (1 for a full matrix).</summary>
     public long BlockCount { get; }
 
+    /// <summary>
+    /// Why R's blocks do not fit <see cref="DecorrelationOptions.MaxBlockSize"/> (no equal split of the input fits it),
+    /// or null when they do or R is not split. <see cref="Training.NetworkTrainer.Train"/> reports it.
+    /// </summary>
+    public string? BlockLayoutNote { get; }
+
     /// <summary>d = D / G, the side of each diagonal block of R.</summary>
     public long BlockSize { get; }
 
@@ -89,7 +99,8 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// The fewest blocks G, a divisor of <paramref name="groups"/>, whose size (groups / G)·unit fits
-    /// <paramref name="maxBlockSize"/>; one block per group when even that does not fit.
+    /// <paramref name="maxBlockSize"/>. When none fits: one block per group if a group holds more than one value
+    /// (a convolution's kh·kw), else one full block, since 1×1 blocks would decorrelate nothing.
     /// </summary>
     private static long ChooseBlockCount(long groups, long unit, int? maxBlockSize)
     {
@@ -100,7 +111,7 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
             if (groups % count == 0 && groups / count * unit <= max)
                 return count;
         }
-        return groups;
+        return unit > 1 ? groups : 1;
     }
 
     /// <summary>

@@ -97,6 +97,8 @@ public sealed class NetworkTrainer
         using var session = CreateSession(network, batchesPerEpoch);
         if (!session.OneDnn.UseOneDnn)
             onWarning?.Invoke(session.OneDnn.Reason + ".");
+        foreach (var layer in session.Decorrelation.Layers.Where(l => l.BlockLayoutNote is not null))
+            onWarning?.Invoke($"Layer '{layer.DisplayName}': {layer.BlockLayoutNote}.");
         var run = new RunState(session, new BestWeights(network));
         using var best = run.Best;
         random.manual_seed(options.Seed + 1);   // the statistics samples
