@@ -90,20 +90,12 @@ internal static class NativeScan
             var cells = new List<string> { architecture.ToString(), $"{stem} ({size})", channels.ToString(), batch.ToString() };
             foreach (var mode in modes)
             {
-                var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-                foreach (var argument in new[] { typeof(NativeScan).Assembly.Location, CaseCommand, architecture.ToString(), channels.ToString(), size.ToString(), batch.ToString(), mode.ToString() })
-                    start.ArgumentList.Add(argument);
-                start.Environment.Remove(NativeKernelGuard.OneDnnEnvironmentVariable);
-                using var child = Process.Start(start)!;
-                var error = child.StandardError.ReadToEndAsync();
-                var output = child.StandardOutput.ReadToEnd();
-                child.WaitForExit();
-                string cell = child.ExitCode switch
-                {
-                    0 => output.Split('\n').LastOrDefault(l => l.StartsWith("ok "))?[3..].Split(", ")[^1] ?? "ok",
-                    > 128 and < 160 when !OperatingSystem.IsWindows() => $"killed by signal {child.ExitCode - 128}",
-                    _ => $"failed ({child.ExitCode}): {error.Result.Split('\n').FirstOrDefault(l => l.Contains("Exception"))?.Trim()}",
-                };
+                var child = ChildProcessRunner.Run(typeof(NativeScan).Assembly.Location,
+                    [CaseCommand, architecture.ToString(), channels.ToString(), size.ToString(), batch.ToString(), mode.ToString()], null, TimeSpan.FromMinutes(10));
+                string cell = child.ExitCode == 0
+                    ? child.Output.Split('\n').LastOrDefault(l => l.StartsWith("ok "))?[3..].Split(", ")[^1] ?? "ok"
+                    : child.Signal is not null ? child.Describe()
+                    : $"failed ({child.ExitCode}): {child.Output.Split('\n').FirstOrDefault(l => l.Contains("Exception"))?.Trim()}";
                 if (child.ExitCode != 0)
                     failures++;
                 cells.Add(Markup.Escape(cell));

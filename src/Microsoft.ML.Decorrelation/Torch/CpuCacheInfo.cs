@@ -117,6 +117,10 @@ public sealed record CpuCacheInfo(bool IsX86, string Vendor, IReadOnlyList<CpuDa
 
     private static uint Bits(uint value, int low, int high) => (value >> low) & (uint)((1L << (high - low + 1)) - 1);
 
+    // Intel's leaf 4 and AMD's leaf 0x8000001D share this layout: ways, partitions and line size, each minus one, in EBX.
+    private static long WaysPartitionsLine(CpuidResult leaf)
+        => (long)(Bits(leaf.Ebx, 22, 31) + 1) * (Bits(leaf.Ebx, 12, 21) + 1) * (Bits(leaf.Ebx, 0, 11) + 1);
+
     // Logical processors per core (SMT) and per package, from the extended topology leaf 0xB when the
     // hypervisor fills it; (0, 0) when it does not, as oneDNN's detection then has no topology either.
     private static (uint Smt, uint Logical) Topology(Func<uint, uint, CpuidResult> cpuid)
@@ -160,7 +164,7 @@ public sealed record CpuCacheInfo(bool IsX86, string Vendor, IReadOnlyList<CpuDa
                 sharing = Math.Min(sharing, logical);
             if (type == 1 && smt == 0)
                 smt = sharing;
-            long size = (long)(Bits(leaf.Ebx, 22, 31) + 1) * (Bits(leaf.Ebx, 12, 21) + 1) * (Bits(leaf.Ebx, 0, 11) + 1) * ((long)leaf.Ecx + 1);
+            long size = WaysPartitionsLine(leaf) * ((long)leaf.Ecx + 1);
             caches.Add(new CpuDataCache(caches.Count + 1, size, (int)Math.Max(sharing / Math.Max(smt, 1), 1)));
         }
         return caches;
@@ -191,7 +195,7 @@ public sealed record CpuCacheInfo(bool IsX86, string Vendor, IReadOnlyList<CpuDa
                 if (type == 2)
                     continue;   // instruction cache
                 uint sharing = Bits(leaf.Eax, 14, 25) + 1;
-                long size = (long)(Bits(leaf.Ebx, 22, 31) + 1) * (Bits(leaf.Ebx, 12, 21) + 1) * (Bits(leaf.Ebx, 0, 11) + 1);
+                long size = WaysPartitionsLine(leaf);
                 if (Bits(leaf.Eax, 9, 9) == 0)
                     size *= (long)leaf.Ecx + 1;   // not fully associative: times the number of sets
                 if (subLeaf > 0)

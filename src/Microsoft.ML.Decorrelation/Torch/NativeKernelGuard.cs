@@ -90,7 +90,21 @@ public static class NativeKernelGuard
     /// <summary>The decision for <paramref name="mode"/> on this machine, with this process's environment.</summary>
     /// <exception cref="ArgumentException">The environment variable holds a value other than on/off/auto.</exception>
     public static OneDnnDecision DecideOneDnn(OneDnnMode mode)
-        => DecideOneDnn(mode, Environment.GetEnvironmentVariable(OneDnnEnvironmentVariable), CpuCacheInfo.ThisMachine);
+    {
+        string? environment = Environment.GetEnvironmentVariable(OneDnnEnvironmentVariable);
+        if (mode != OneDnnMode.Auto)
+            return DecideOneDnn(mode, environment, CpuCacheInfo.ThisMachine);
+        // Scoring asks on every call: reuse the decision while the environment variable keeps its value.
+        if (_lastAutomatic is { } last && last.Environment == environment)
+            return last.Decision;
+        var decision = DecideOneDnn(mode, environment, CpuCacheInfo.ThisMachine);
+        _lastAutomatic = new AutomaticDecision(environment, decision);   // one reference: threads see a whole pair
+        return decision;
+    }
+
+    private sealed record AutomaticDecision(string? Environment, OneDnnDecision Decision);
+
+    private static AutomaticDecision? _lastAutomatic;
 
     /// <summary>
     /// The decision for <paramref name="mode"/>: an explicit mode wins; in <see cref="OneDnnMode.Auto"/> the

@@ -173,7 +173,7 @@ public static class NetworkConversion
         {
             case BatchNorm2d norm:
                 // The device of whichever tensor the layer has (neither affine weights nor running statistics are required).
-                var device = norm.weight?.device ?? norm.running_mean?.device ?? norm.parameters().Concat(norm.buffers()).FirstOrDefault()?.device;
+                var device = norm.parameters().Concat(norm.buffers()).FirstOrDefault()?.device;
                 var copy = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum ?? 0.1, norm.affine, norm.track_running_stats, device);
                 copy.momentum = norm.momentum;   // null (a cumulative average) must stay null
                 CopyState(module, copy);

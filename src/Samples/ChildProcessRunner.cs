@@ -1,0 +1,62 @@
+using System.Diagnostics;
+using Microsoft.ML.Decorrelation.Torch;
+
+namespace Microsoft.ML.Decorrelation.Samples;
+
+/// <summary>
+/// Runs a .NET assembly as a child process, so that native work which may crash (a libtorch kernel) ends that
+/// child with a signal instead of the caller. Used by <c>native-scan</c> and by the tests.
+/// </summary>
+internal static class ChildProcessRunner
+{
+    /// <summary>What a child process did: its exit code and everything it wrote (standard output, then standard error).</summary>
+    internal sealed record Outcome(int ExitCode, string Output)
+    {
+        /// <summary>The signal that killed the child (.NET reports 128 + signal on Unix), or null.</summary>
+        public int? Signal => !OperatingSystem.IsWindows() && ExitCode > 128 && ExitCode < 160 ? ExitCode - 128 : null;
+
+        /// <summary>The exit code in words, naming the common fatal signals.</summary>
+        public string Describe() => Signal switch
+        {
+            null => $"exit code {ExitCode}",
+            int s => $"killed by signal {s} ({SignalName(s)}), exit code {ExitCode}",
+        };
+    }
+
+    /// <summary>
+    /// Runs <c>dotnet <paramref name="assemblyPath"/> <paramref name="arguments"/></c> with the extra
+    /// <paramref name="environment"/>; the caller's <see cref="NativeKernelGuard.OneDnnEnvironmentVariable"/> is not
+    /// passed on, so that the child decides for itself.
+    /// </summary>
+    /// <exception cref="TimeoutException">The child did not finish in <paramref name="timeout"/>; it was killed.</exception>
+    public static Outcome Run(string assemblyPath, IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment, TimeSpan timeout)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.ArgumentList.Add(assemblyPath);
+        foreach (var argument in arguments)
+            start.ArgumentList.Add(argument);
+        start.Environment.Remove(NativeKernelGuard.OneDnnEnvironmentVariable);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+            start.Environment[name] = value;
+        using var child = Process.Start(start)!;
+        var error = child.StandardError.ReadToEndAsync();
+        string output = child.StandardOutput.ReadToEnd();
+        if (!child.WaitForExit(timeout))
+        {
+            child.Kill(entireProcessTree: true);
+            throw new TimeoutException($"The child process ({string.Join(' ', start.ArgumentList)}) did not finish within {timeout.TotalSeconds:F0} s.");
+        }
+        return new Outcome(child.ExitCode, output + error.Result);
+    }
+
+    private static string SignalName(int signal) => signal switch
+    {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        _ => "signal",
+    };
+}
