@@ -372,8 +372,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 throw new ArgumentOutOfRangeException(nameof(options.ValidationFraction), options.ValidationFraction,
                     $"A validation fraction of {options.ValidationFraction} of {train.Count} rows leaves no validation or no training rows.");
             using var scope = NewDisposeScope();
-            random.manual_seed(seed);
-            var order = randperm(train.Count);
+            using var generator = new Generator(unchecked((ulong)seed), CPU);
+            var order = randperm(train.Count, generator: generator);
             var validation = new ImageDataset(train.Images.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(),
                 train.Labels.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(), classCount);
             trainPart = new ImageDataset(train.Images.index_select(0, order.narrow(0, held, train.Count - held)).DetachFromDisposeScope(),

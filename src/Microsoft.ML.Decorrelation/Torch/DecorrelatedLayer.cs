@@ -169,6 +169,13 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     public bool CollectStatistics { get; set; } = true;
 
     /// <summary>
+    /// The CPU generator that picks which samples of a batch feed the statistics, or null for Torch's global
+    /// generator. <see cref="DecorrelationController"/> gives every layer of a network the same one, owned by
+    /// the training run, so concurrent runs do not draw from each other's random stream.
+    /// </summary>
+    public Generator? SamplingGenerator { get; set; }
+
+    /// <summary>
     /// Where the layer sits in its network (e.g. <c>features.3</c>); used in messages. Set by
     /// <see cref="DecorrelationController"/>, otherwise the module's name.
     /// </summary>
@@ -242,7 +249,7 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         long batch = input.shape[0];
         long count = SampleCount(batch);
-        var samples = count == batch ? input.detach() : input.detach().index_select(0, randperm(batch, device: input.device).narrow(0, 0, count));
+        var samples = count == batch ? input.detach() : input.detach().index_select(0, randperm(batch, generator: SamplingGenerator).narrow(0, 0, count).to(input.device));
         _pendingSamples?.Dispose();
         _pendingSamples = Decorrelate(samples).DetachFromDisposeScope();
     }

@@ -52,6 +52,23 @@ public sealed class DecorrelationController
     /// <summary>The decorrelated layers, in module order.</summary>
     public IReadOnlyList<DecorrelatedLayer> Layers { get; }
 
+    /// <summary>
+    /// The generator every layer draws its statistics samples from (<see cref="DecorrelatedLayer.SamplingGenerator"/>),
+    /// or null for Torch's global generator. The caller owns it.
+    /// </summary>
+    public Generator? SamplingGenerator
+    {
+        get => _samplingGenerator;
+        set
+        {
+            _samplingGenerator = value;
+            foreach (var layer in Layers)
+                layer.SamplingGenerator = value;
+        }
+    }
+
+    private Generator? _samplingGenerator;
+
     /// <summary>Steps between two updates of R.</summary>
     public int UpdateInterval { get; }
 

@@ -26,10 +26,15 @@ public sealed class NetworkTrainer
     public TrainingOptions Options => _options.Clone();
 
     /// <summary>
-    /// Seeds Torch with <see cref="TrainingOptions.Seed"/>, builds the plain network and, when
+    /// Builds the plain network with Torch's global generator seeded by <see cref="TrainingOptions.Seed"/> and, when
     /// <paramref name="decorrelated"/> is set, converts it to its decorrelated twin. The same seed therefore
     /// gives backprop and DBP identical initial weights.
     /// </summary>
+    /// <remarks>
+    /// Modules draw their initial weights from the global generator, so building holds a process-wide lock and
+    /// gives the generator back its previous state afterwards: concurrent builds get their own seeds' weights and
+    /// the caller's random stream is unchanged.
+    /// </remarks>
     /// <param name="buildPlain">Builds the plain network on the given device.</param>
     /// <param name="options">Supplies the seed, the device and the decorrelation options.</param>
     /// <param name="decorrelated">Whether to return the decorrelated twin.</param>
@@ -37,13 +42,29 @@ public sealed class NetworkTrainer
     {
         ArgumentNullException.ThrowIfNull(buildPlain);
         ArgumentNullException.ThrowIfNull(options);
-        random.manual_seed(options.Seed);
-        var plain = buildPlain(options.Device);
-        if (!decorrelated)
-            return plain;
-        using (plain)
-            return NetworkConversion.ToDecorrelated(plain, options.Decorrelation ?? new DecorrelationOptions());
+        lock (GlobalGeneratorLock)
+        {
+            using var live = random.get_rng_state();
+            using var callersState = live.clone();   // the tensor TorchSharp returns follows the generator
+            try
+            {
+                random.manual_seed(options.Seed);
+                var plain = buildPlain(options.Device);
+                if (!decorrelated)
+                    return plain;
+                // Converting builds layers too, whose constructors draw initial weights that are then overwritten.
+                using (plain)
+                    return NetworkConversion.ToDecorrelated(plain, options.Decorrelation ?? new DecorrelationOptions());
+            }
+            finally
+            {
+                random.set_rng_state(callersState);
+            }
+        }
     }
+
+    /// <summary>Serialises the uses of Torch's global generator that must not interleave (network initialisation).</summary>
+    internal static readonly object GlobalGeneratorLock = new();
 
     /// <summary>
     /// Prepares <paramref name="network"/> for step-by-step training: applies the native allocator tuning
@@ -57,8 +78,6 @@ public sealed class NetworkTrainer
         ArgumentOutOfRangeException.ThrowIfLessThan(stepsPerEpoch, 1);
         if (_options.TuneNativeAllocator)
             NativeAllocatorTuning.Apply();
-        if (_options.Threads is int threads)
-            set_num_threads(threads);
         return new TrainingSession(network, _options, stepsPerEpoch);
     }
 
@@ -101,7 +120,6 @@ public sealed class NetworkTrainer
             onWarning?.Invoke($"Layer '{layer.DisplayName}': {layer.BlockLayoutNote}.");
         var run = new RunState(session, new BestWeights(network));
         using var best = run.Best;
-        random.manual_seed(options.Seed + 1);   // the statistics samples
         if (options.ResumeFromCheckpoint && File.Exists(options.CheckpointPath))
         {
             using var file = File.OpenRead(options.CheckpointPath!);
@@ -211,7 +229,7 @@ public sealed class NetworkTrainer
     private sealed class RunState(TrainingSession session, BestWeights best)
     {
         private const string Magic = "DBP-CHECKPOINT";
-        private const int Version = 1;
+        private const int Version = 2;
 
         public TrainingSession Session { get; } = session;
         public BestWeights Best { get; } = best;
@@ -230,8 +248,6 @@ public sealed class NetworkTrainer
                 writer.Write(CompletedEpochs);
                 writer.Write(SecondsBefore);
                 writer.Write(System.Text.Json.JsonSerializer.Serialize(History));
-                using (var rng = random.get_rng_state())
-                    rng.Save(writer);
                 Session.SaveState(writer);
                 Best.Save(writer);
             }
@@ -248,11 +264,6 @@ public sealed class NetworkTrainer
                 CompletedEpochs = reader.ReadInt32();
                 SecondsBefore = reader.ReadDouble();
                 History = System.Text.Json.JsonSerializer.Deserialize<List<TrainingMetrics>>(reader.ReadString()) ?? [];
-                using (var rng = random.get_rng_state())
-                {
-                    rng.Load(reader);
-                    random.set_rng_state(rng);
-                }
                 Session.LoadState(reader);
                 Best.Load(reader);
             }

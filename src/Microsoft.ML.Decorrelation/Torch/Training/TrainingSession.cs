@@ -9,6 +9,11 @@ namespace Microsoft.ML.Decorrelation.Torch.Training;
 /// decorrelation controller. Created by <see cref="NetworkTrainer.CreateSession"/>; used by
 /// <see cref="NetworkTrainer.Train"/> and by benchmarks that interleave the steps of several networks.
 /// </summary>
+/// <remarks>
+/// A session draws its randomness from its own generator, seeded by <see cref="TrainingOptions.Seed"/>, and sets
+/// <see cref="TrainingOptions.Threads"/> only for the thread that creates it, so sessions running side by side on
+/// different threads do not disturb each other or the caller.
+/// </remarks>
 public sealed class TrainingSession : IDisposable
 {
     private readonly TrainingOptions _options;
@@ -17,6 +22,8 @@ public sealed class TrainingSession : IDisposable
     private readonly double[] _decorrelationRates;
     private readonly bool _decorrelationFollowsSchedule;
     private readonly NativeKernelScope _kernels;
+    private readonly Generator _sampling;
+    private readonly int? _callersThreads;
     private double _learningRateScale = 1;
     private double _decorrelationScheduleFactor = 1;
 
@@ -27,7 +34,11 @@ public sealed class TrainingSession : IDisposable
         StepsPerEpoch = stepsPerEpoch;
         _totalSteps = (long)stepsPerEpoch * options.Epochs;
         var decorrelation = options.Decorrelation;
-        Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? DecorrelationOptions.DefaultUpdateInterval);
+        _sampling = new Generator(unchecked((ulong)(options.Seed + 1L)), CPU);
+        Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? DecorrelationOptions.DefaultUpdateInterval)
+        {
+            SamplingGenerator = _sampling,
+        };
         if (decorrelation is not null)
         {
             foreach (var layer in Decorrelation.Layers)
@@ -46,6 +57,12 @@ public sealed class TrainingSession : IDisposable
         _decorrelationRates = Decorrelation.Layers.Select(layer => layer.LearningRate).ToArray();
         _decorrelationFollowsSchedule = decorrelation?.FollowLearningRateSchedule ?? true;
         _kernels = NativeKernelGuard.Enter(options.OneDnn);
+        if (options.Threads is int threads)
+        {
+            // libtorch's intra-op thread count belongs to the calling thread (OpenMP); it is restored at Dispose.
+            _callersThreads = get_num_threads();
+            set_num_threads(threads);
+        }
     }
 
     /// <summary>
@@ -75,11 +92,16 @@ public sealed class TrainingSession : IDisposable
             Decorrelation.Layers[i].LearningRate = _decorrelationRates[i] * _learningRateScale * _decorrelationScheduleFactor;
     }
 
-    /// <summary>Writes the network's weights and buffers, the optimizer's state, the step count and the learning-rate scale.</summary>
+    /// <summary>
+    /// Writes the network's weights and buffers, the optimizer's state, the step count, the learning-rate scale and
+    /// the state of the generator that samples the decorrelation statistics.
+    /// </summary>
     public void SaveState(BinaryWriter writer)
     {
         writer.Write(StepCount);
         writer.Write(_learningRateScale);
+        using (var sampling = _sampling.get_state())
+            sampling.Save(writer);
         Network.save(writer);
         ((TorchSharp.Modules.OptimizerHelper)_optimizer).save_state_dict(writer);
     }
@@ -92,6 +114,11 @@ public sealed class TrainingSession : IDisposable
         LearningRateScale = reader.ReadDouble();
         try
         {
+            using (var sampling = _sampling.get_state())
+            {
+                sampling.Load(reader);
+                _sampling.set_state(sampling);
+            }
             Network.load(reader, strict: true);
             ((TorchSharp.Modules.OptimizerHelper)_optimizer).load_state_dict(reader);
         }
@@ -178,11 +205,18 @@ public sealed class TrainingSession : IDisposable
         return lossValue;
     }
 
-    /// <summary>Releases the optimizer's state.</summary>
+    /// <summary>
+    /// Releases the optimizer's state and the sampling generator, and gives the calling thread back its
+    /// oneDNN setting and Torch thread count. Dispose on the thread that created the session.
+    /// </summary>
     public void Dispose()
     {
         _optimizer.Dispose();
         _kernels.Dispose();
+        Decorrelation.SamplingGenerator = null;
+        _sampling.Dispose();
+        if (_callersThreads is int threads)
+            set_num_threads(threads);
     }
 }
 
