@@ -278,7 +278,6 @@ internal sealed class Bench(IAnsiConsole console)
                     sessions.Add((arm, new NetworkTrainer(options).CreateSession(network, batchesPerEpoch)));
                 }
             }
-            random.manual_seed(seed + 1);
             var augmentation = new ImageAugmentation(settings.CropPadding, settings.HorizontalFlip, seed);
             int[] evaluationSteps = settings.Steps is null
                 ? Enumerable.Range(1, settings.EvaluationsPerEpoch).Select(i => Math.Max(1, i * batchesPerEpoch / settings.EvaluationsPerEpoch)).Distinct().ToArray()
