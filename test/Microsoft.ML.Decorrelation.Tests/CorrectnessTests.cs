@@ -121,4 +121,32 @@ public class CorrectnessTests
         Assert.AreEqual(3, even.BlockCount);
         Assert.IsNull(even.BlockLayoutNote);
     }
+
+    [TestMethod]
+    public void DoubleNetworkConvertsTrainsAndFoldsInDouble()
+    {
+        using var scope = NewDisposeScope();
+        var plain = NetworkBuilder.SmallCnn(1, 16, 16, 3, batchNorm: true).to(ScalarType.Float64);
+        var converted = NetworkConversion.ToDecorrelated(plain, new DecorrelationOptions { MaxBlockSize = 100 });
+        var layers = new DecorrelationController(converted, updateInterval: 1).Layers;
+        Assert.IsTrue(layers.Any(layer => layer.BlockCount > 1), "a block-diagonal R is covered too");
+        foreach (var (name, tensor) in converted.state_dict().Where(entry => entry.Value.is_floating_point()))
+            Assert.AreEqual(ScalarType.Float64, tensor.dtype, name);
+
+        var input = randn(6, 1, 16, 16, dtype: ScalarType.Float64);
+        plain.eval();
+        converted.eval();
+        Assert.AreEqual(0.0, Reference.MaxAbsDifference(plain.forward(input), converted.forward(input)), 1e-12, "R = I in double");
+        converted.train();
+        converted.forward(input);
+        foreach (var layer in layers)
+            Assert.IsTrue(double.IsFinite(layer.UpdateDecorrelation()), layer.LayerName);
+        Assert.AreEqual(ScalarType.Float64, layers[0].DecorrelationMatrix.dtype);
+
+        var folded = NetworkConversion.ToPlain(converted);
+        folded.eval();
+        converted.eval();
+        Assert.AreEqual(ScalarType.Float64, folded.parameters().First().dtype);
+        Assert.AreEqual(0.0, Reference.MaxAbsDifference(converted.forward(input), folded.forward(input)), 1e-12, "the fold keeps double precision");
+    }
 }

@@ -27,8 +27,8 @@ internal sealed class ImageClassifierNetwork : IDisposable
         Mean = mean;
         StandardDeviation = standardDeviation;
         Device = device;
-        _mean = tensor(mean, device: device).view(1, shape.Channels, 1, 1);
-        _standardDeviation = tensor(standardDeviation, device: device).view(1, shape.Channels, 1, 1);
+        _mean = tensor(mean, [1, shape.Channels, 1, 1], device: device);
+        _standardDeviation = tensor(standardDeviation, [1, shape.Channels, 1, 1], device: device);
     }
 
     public CnnArchitecture Architecture { get; }

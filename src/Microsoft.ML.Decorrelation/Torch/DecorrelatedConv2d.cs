@@ -25,10 +25,11 @@ public sealed class DecorrelatedConv2d : DecorrelatedLayer
     /// <param name="hasBias">Whether the layer adds a learned bias.</param>
     /// <param name="options">Decorrelation hyper-parameters; null for the defaults.</param>
     /// <param name="device">Where the layer's tensors live.</param>
+    /// <param name="dtype">The element type of W, b and R; default float32.</param>
     public DecorrelatedConv2d(long inputChannels, long outputChannels, (long Height, long Width) kernelSize,
         (long, long)? stride = null, (long, long)? padding = null, (long, long)? dilation = null,
-        bool hasBias = true, DecorrelationOptions? options = null, Device? device = null)
-        : this(nn.Conv2d(inputChannels, outputChannels, kernelSize, bias: hasBias, device: device), kernelSize, options)
+        bool hasBias = true, DecorrelationOptions? options = null, Device? device = null, ScalarType? dtype = null)
+        : this(ModuleOwnership.Build(() => nn.Conv2d(inputChannels, outputChannels, kernelSize, bias: hasBias, device: device, dtype: dtype)), kernelSize, options)
     {
         Stride = AsArray(stride ?? (1, 1), nameof(stride), minimum: 1);
         Padding = AsArray(padding ?? (0, 0), nameof(padding), minimum: 0);

@@ -28,7 +28,7 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     private readonly Tensor decorrelation_matrix;
     private Tensor? _pendingSamples;
 
-    /// <summary>Creates the layer with copies of the given weights and R = I of size <paramref name="inputSize"/>.</summary>
+    /// <summary>Creates the layer with copies of the given weights and R = I of size <paramref name="inputSize"/>, of the weights' type.</summary>
     /// <param name="name">The module's name.</param>
     /// <param name="template">A plain layer (Linear or Conv2d) whose initial weight and bias are copied.</param>
     /// <param name="inputSize">D, the length of one (unfolded) input vector.</param>
@@ -51,18 +51,22 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         Kappa = options.Kappa;
         SampleFraction = sampleFraction;
         using (no_grad())
+        using (var scope = NewDisposeScope())
         {
+            // Parameters and R outlive the scope; the views and temporaries that built them do not.
             var initialWeight = template.get_parameter("weight")!;
             weight = new Parameter(initialWeight.detach().clone());
+            weight.DetachFromDisposeScope();
             register_parameter(nameof(weight), weight);
             if (template.get_parameter("bias") is { } initialBias)
             {
                 bias = new Parameter(initialBias.detach().clone());
+                bias.DetachFromDisposeScope();
                 register_parameter(nameof(bias), bias);
             }
-            decorrelation_matrix = BlockCount == 1
-                ? eye(inputSize, dtype: ScalarType.Float32, device: initialWeight.device)
-                : eye(BlockSize, dtype: ScalarType.Float32, device: initialWeight.device).repeat(BlockCount, 1, 1);
+            decorrelation_matrix = (BlockCount == 1
+                ? eye(inputSize, dtype: initialWeight.dtype, device: initialWeight.device)
+                : eye(BlockSize, dtype: initialWeight.dtype, device: initialWeight.device).repeat(BlockCount, 1, 1)).DetachFromDisposeScope();
         }
         register_buffer(nameof(decorrelation_matrix), decorrelation_matrix, persistent: true);
     }
@@ -264,7 +268,7 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
             return double.NaN;
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        return DecorrelationRule.Compute(PerBlock(_pendingSamples), decorrelation_matrix, Kappa).Loss.item<float>();
+        return DecorrelationRule.Compute(PerBlock(_pendingSamples), decorrelation_matrix, Kappa).Loss.to(ScalarType.Float64).item<double>();
     }
 
     /// <summary>
@@ -285,7 +289,7 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         _pendingSamples = null;
         var blocks = PerBlock(samples);
         var (update, loss) = DecorrelationRule.Compute(blocks, decorrelation_matrix, Kappa);
-        double lossValue = loss.item<float>();
+        double lossValue = loss.to(ScalarType.Float64).item<double>();
         var stepSizes = DecorrelationRule.LargestEigenvalues(blocks).Select(lambda => DecorrelationRule.StableStepSize(LearningRate, lambda)).ToArray();
         LastStepSize = stepSizes.Min();
         var next = BlockCount == 1

@@ -16,8 +16,9 @@ public sealed class DecorrelatedLinear : DecorrelatedLayer
     /// <param name="hasBias">Whether the layer adds a learned bias.</param>
     /// <param name="options">Decorrelation hyper-parameters; null for the defaults.</param>
     /// <param name="device">Where the layer's tensors live.</param>
-    public DecorrelatedLinear(long inputSize, long outputSize, bool hasBias = true, DecorrelationOptions? options = null, Device? device = null)
-        : this(nn.Linear(inputSize, outputSize, hasBias, device), options)
+    /// <param name="dtype">The element type of W, b and R; default float32.</param>
+    public DecorrelatedLinear(long inputSize, long outputSize, bool hasBias = true, DecorrelationOptions? options = null, Device? device = null, ScalarType? dtype = null)
+        : this(nn.Linear(inputSize, outputSize, hasBias, device, dtype), options)
     {
     }
 

@@ -111,7 +111,7 @@ public static class NetworkConversion
         var padding = ExplicitPadding(path, conv);
         var result = new DecorrelatedConv2d(conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]),
             (conv.stride[0], conv.stride[1]), padding, (conv.dilation[0], conv.dilation[1]),
-            hasBias: conv.bias is not null, options, conv.weight!.device);
+            hasBias: conv.bias is not null, options, conv.weight!.device, conv.weight.dtype);
         CopyWeights(conv.weight!, conv.bias, result);
         return result;
     }
@@ -131,7 +131,7 @@ public static class NetworkConversion
 
     private static DecorrelatedLinear Decorrelate(Linear linear, DecorrelationOptions options)
     {
-        var result = new DecorrelatedLinear(linear.in_features, linear.out_features, hasBias: linear.bias is not null, options, linear.weight!.device);
+        var result = new DecorrelatedLinear(linear.in_features, linear.out_features, hasBias: linear.bias is not null, options, linear.weight!.device, linear.weight.dtype);
         CopyWeights(linear.weight!, linear.bias, result);
         return result;
     }
@@ -139,22 +139,23 @@ public static class NetworkConversion
     private static void CopyWeights(Tensor weight, Tensor? bias, DecorrelatedLayer target)
     {
         using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
         target.Weight.copy_(weight);
         target.Bias?.copy_(bias!);
     }
 
     private static Conv2d Fold(DecorrelatedConv2d layer)
     {
-        var conv = nn.Conv2d(layer.InputChannels, layer.OutputChannels, layer.KernelSize,
+        var conv = ModuleOwnership.Build(() => nn.Conv2d(layer.InputChannels, layer.OutputChannels, layer.KernelSize,
             stride: (layer.Stride[0], layer.Stride[1]), padding: (layer.Padding[0], layer.Padding[1]),
-            dilation: (layer.Dilation[0], layer.Dilation[1]), bias: layer.Bias is not null, device: layer.Weight.device);
+            dilation: (layer.Dilation[0], layer.Dilation[1]), bias: layer.Bias is not null, device: layer.Weight.device, dtype: layer.Weight.dtype));
         CopyFolded(layer, conv.weight!, conv.bias);
         return conv;
     }
 
     private static Linear Fold(DecorrelatedLinear layer)
     {
-        var linear = nn.Linear(layer.InputSize, layer.OutputSize, layer.Bias is not null, layer.Weight.device);
+        var linear = nn.Linear(layer.InputSize, layer.OutputSize, layer.Bias is not null, layer.Weight.device, layer.Weight.dtype);
         CopyFolded(layer, linear.weight!, linear.bias);
         return linear;
     }
@@ -162,8 +163,8 @@ public static class NetworkConversion
     private static void CopyFolded(DecorrelatedLayer layer, Tensor weight, Tensor? bias)
     {
         using var noGrad = no_grad();
-        using var effective = layer.EffectiveWeight();
-        weight.copy_(effective);
+        using var scope = NewDisposeScope();
+        weight.copy_(layer.EffectiveWeight());
         bias?.copy_(layer.Bias!);
     }
 
@@ -172,20 +173,20 @@ public static class NetworkConversion
         switch (module)
         {
             case BatchNorm2d norm:
-                // The device of whichever tensor the layer has (neither affine weights nor running statistics are required).
-                var device = norm.parameters().Concat(norm.buffers()).FirstOrDefault()?.device;
-                var copy = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum ?? 0.1, norm.affine, norm.track_running_stats, device);
+                // The device and type of whichever tensor the layer has (neither affine weights nor running statistics are required).
+                var first = norm.parameters().Concat(norm.buffers()).FirstOrDefault();
+                var copy = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum ?? 0.1, norm.affine, norm.track_running_stats, first?.device, first?.dtype);
                 copy.momentum = norm.momentum;   // null (a cumulative average) must stay null
                 CopyState(module, copy);
                 return copy;
             case Conv2d conv:
-                var convCopy = nn.Conv2d(conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]),
+                var convCopy = ModuleOwnership.Build(() => nn.Conv2d(conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]),
                     stride: (conv.stride[0], conv.stride[1]), padding: ExplicitPadding(path, conv), dilation: (conv.dilation[0], conv.dilation[1]),
-                    padding_mode: conv.padding_mode, groups: conv.groups, bias: conv.bias is not null, device: conv.weight!.device);
+                    padding_mode: conv.padding_mode, groups: conv.groups, bias: conv.bias is not null, device: conv.weight!.device, dtype: conv.weight.dtype));
                 CopyState(module, convCopy);
                 return convCopy;
             case Linear linear:
-                var linearCopy = nn.Linear(linear.in_features, linear.out_features, linear.bias is not null, linear.weight!.device);
+                var linearCopy = nn.Linear(linear.in_features, linear.out_features, linear.bias is not null, linear.weight!.device, linear.weight.dtype);
                 CopyState(module, linearCopy);
                 return linearCopy;
             case ReLU relu:
@@ -213,6 +214,7 @@ public static class NetworkConversion
     private static void CopyState(nn.Module source, nn.Module target)
     {
         using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
         var targetState = target.state_dict();
         foreach (var (name, tensor) in source.state_dict())
             targetState[name].copy_(tensor);

@@ -32,6 +32,11 @@ public static class NetworkBuilder
     public static nn.Module<Tensor, Tensor> SmallCnn(long channels, long height, long width, long classes, Device? device = null, bool batchNorm = false)
     {
         CheckShape(channels, height, width, classes, minimumSize: 8, "SmallCnn");
+        return ModuleOwnership.Build(() => BuildSmallCnn(channels, height, width, classes, device, batchNorm));
+    }
+
+    private static nn.Module<Tensor, Tensor> BuildSmallCnn(long channels, long height, long width, long classes, Device? device, bool batchNorm)
+    {
         long h = height, w = width;
         var layers = new List<(string, nn.Module<Tensor, Tensor>)>();
         long inChannels = channels;
@@ -77,6 +82,11 @@ public static class NetworkBuilder
     private static nn.Module<Tensor, Tensor> ResNet(long channels, long classes, ResNetStem stem, int[] blocksPerStage, bool bottleneck, Device? device)
     {
         CheckShape(channels, 1, 1, classes, minimumSize: 1, "ResNet");
+        return ModuleOwnership.Build(() => BuildResNet(channels, classes, stem, blocksPerStage, bottleneck, device));
+    }
+
+    private static nn.Module<Tensor, Tensor> BuildResNet(long channels, long classes, ResNetStem stem, int[] blocksPerStage, bool bottleneck, Device? device)
+    {
         const long stemWidth = 64;
         var layers = new List<(string, nn.Module<Tensor, Tensor>)>();
         layers.Add(("stem", stem == ResNetStem.ImageNet

@@ -158,10 +158,13 @@ public sealed class NetworkTrainer
         }
         if (options.EarlyStoppingPatience > 0)
             best.Restore();
-        foreach (var parameter in network.parameters())
+        using (var scope = NewDisposeScope())
         {
-            if (!isfinite(parameter).all().item<bool>())
-                throw new TrainingDivergedException("Training ended with non-finite weights; the model is not usable.");
+            foreach (var (name, parameter) in network.named_parameters())
+            {
+                if (!isfinite(parameter).all().item<bool>())
+                    throw new TrainingDivergedException($"Training ended with non-finite weights in '{name}'; the model is not usable.");
+            }
         }
         return run.History;
     }
@@ -291,6 +294,7 @@ public sealed class NetworkTrainer
             _accuracy = accuracy;
             Epoch = epoch;
             using var noGrad = no_grad();
+            using var scope = NewDisposeScope();
             _state = network.state_dict().ToDictionary(entry => entry.Key, entry => entry.Value.detach().clone().DetachFromDisposeScope());
             return false;
         }
@@ -322,6 +326,7 @@ public sealed class NetworkTrainer
             int count = reader.ReadInt32();
             var current = network.state_dict();
             _state = new Dictionary<string, Tensor>(count);
+            using var scope = NewDisposeScope();
             for (int i = 0; i < count; i++)
             {
                 string name = reader.ReadString();
@@ -336,6 +341,7 @@ public sealed class NetworkTrainer
             if (_state is null)
                 return;
             using var noGrad = no_grad();
+            using var scope = NewDisposeScope();
             var current = network.state_dict();
             foreach (var (name, value) in _state)
                 current[name].copy_(value);

@@ -171,7 +171,7 @@ public sealed class TrainingSession : IDisposable
         long start = Stopwatch.GetTimestamp();
         _optimizer.zero_grad();
         var loss = nn.functional.cross_entropy(Network.forward(images), labels);
-        double lossValue = loss.item<float>();
+        double lossValue = loss.to(ScalarType.Float64).item<double>();
         long forwardDone = Stopwatch.GetTimestamp();
         if (!double.IsFinite(lossValue))
             throw new TrainingDivergedException($"The training loss became {lossValue} at epoch {epoch}, step {step}. Lower the learning rate.")
