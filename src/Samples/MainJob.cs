@@ -166,7 +166,7 @@ internal sealed class MainJob(IAnsiConsole console, FashionMnistSource source)
                     MetricsCallback = m =>
                     {
                         epochs.Add(m);
-                        tasks[m.Epoch - 1].Description = $"{name} epoch {m.Epoch}: test accuracy {m.ValidationAccuracy:P2}";
+                        tasks[(int)Math.Ceiling(m.Epoch) - 1].Description = $"{name} epoch {m.Epoch}: test accuracy {m.ValidationAccuracy:P2}";
                     },
                     ProgressCallback = p =>
                     {

@@ -108,15 +108,19 @@ public class BlockDiagonalTests
     }
 
     [TestMethod]
-    public void PowerIterationGivesEachBlockItsOwnLargestEigenvalue()
+    public void EachBlockIsCappedByItsOwnSecondMoment()
     {
         using var scope = NewDisposeScope();
-        var z = stack([rand(400, 16, dtype: ScalarType.Float64) + 1, randn(400, 16, dtype: ScalarType.Float64) * 3 + 2]);   // (2, N, d)
-        var estimates = DecorrelationRule.LargestEigenvalues(z.to(ScalarType.Float32));
+        var z = stack([rand(400, 16, dtype: ScalarType.Float64) + 1, randn(400, 16, dtype: ScalarType.Float64) * 0.1]);   // (2, N, d)
+        var r = eye(16, dtype: ScalarType.Float64).repeat(2, 1, 1);
+        var (_, _, norms) = DecorrelationRule.Compute(z, r, 0.5);
         for (int g = 0; g < 2; g++)
         {
-            double exact = linalg.eigvalsh(z[g].t().mm(z[g]) / 400).max().item<double>();
-            Assert.AreEqual(exact, estimates[g], exact * 0.01, $"block {g}");
+            var x = z[g].t().mm(z[g]) / 400;
+            Assert.AreEqual(linalg.matrix_norm(x).item<double>(), norms[g].item<double>(), 1e-9, $"block {g}: ‖X‖_F");
         }
+        var steps = DecorrelationRule.StableStepSizes(0.1, norms).data<double>().ToArray();
+        Assert.IsLessThan(0.1, steps[0], "the mean-dominated block is capped");
+        Assert.AreEqual(0.1, steps[1], "the small block keeps η");
     }
 }

@@ -112,37 +112,70 @@ public class DecorrelatedLayerTests
         Assert.IsFalse(layer.HasPendingStatistics);
     }
 
-    [TestMethod]
-    public void PowerIterationFindsTheLargestEigenvalue()
+    /// <summary>Samples whose second moment's top direction is far from the all-ones vector a power iteration would start at.</summary>
+    private static IEnumerable<(string Name, Tensor Samples)> HardSpectra()
     {
-        using var scope = NewDisposeScope();
-        // Non-negative samples with a common mean: X has one dominant eigenvalue, in the all-ones direction.
-        var z = rand(500, 64, dtype: ScalarType.Float64) + 1;
-        var x = z.t().mm(z) / 500;
-        double exact = linalg.eigvalsh(x).max().item<double>();
-        Assert.AreEqual(exact, DecorrelationRule.LargestEigenvalue(z.to(ScalarType.Float32)), exact * 0.01);
-        Assert.AreEqual(1e-3, DecorrelationRule.StableStepSize(1e-3, 10));
-        Assert.AreEqual(0.01, DecorrelationRule.StableStepSize(1, 100), 1e-15);
+        const int n = 400, d = 64;
+        var signs = arange(d, dtype: ScalarType.Float64).remainder(2).mul(2).sub(1);   // +1, −1, +1, …: orthogonal to ones
+        yield return ("mean-dominated", rand(n, d, dtype: ScalarType.Float64) + 1);
+        yield return ("zero-mean", randn(n, d, dtype: ScalarType.Float64) * linspace(0.1, 3, d, dtype: ScalarType.Float64));
+        yield return ("anti-correlated", randn(n, 1, dtype: ScalarType.Float64) * 4 * signs + randn(n, d, dtype: ScalarType.Float64) * 0.1);
     }
 
     [TestMethod]
-    public void StepSizeCapKeepsWideLayersWithLargeMeansStable()
+    public void StepSizeCapBoundsTheLargestEigenvalueWhateverTheData()
     {
         using var scope = NewDisposeScope();
-        const int d = 512;
-        // η·λmax ≈ 0.05 · 512 · 2.3 ≫ 2: the uncapped rule diverges within a few updates.
-        using var layer = new DecorrelatedLinear(d, 4, options: new DecorrelationOptions { LearningRate = 0.05, LinearSampleFraction = 1 });
-        layer.train();
-        var stepSizes = new List<double>();
-        for (int step = 0; step < 30; step++)
+        foreach (var (name, z) in HardSpectra())
         {
-            using var stepScope = NewDisposeScope();
-            layer.forward(rand(256, d) + 1);
-            Assert.IsTrue(double.IsFinite(layer.UpdateDecorrelation()), $"update {step}");
-            stepSizes.Add(layer.LastStepSize);
+            var r = eye(z.shape[1], dtype: ScalarType.Float64);
+            var (_, _, norm) = DecorrelationRule.Compute(z, r, 0.5);
+            double lambdaMax = linalg.eigvalsh(z.t().mm(z) / z.shape[0]).max().item<double>();
+            double bound = norm.item<double>();
+            Assert.IsGreaterThanOrEqualTo(lambdaMax * (1 - 1e-12), bound, $"{name}: ‖X‖_F is an upper bound of λmax");
+            Assert.IsLessThanOrEqualTo(Math.Sqrt(z.shape[1]) * lambdaMax, bound, $"{name}: and at most √D·λmax");
+            double step = DecorrelationRule.StableStepSizes(10, norm).item<double>();
+            Assert.IsLessThanOrEqualTo(1 / lambdaMax, step, $"{name}: the capped step never exceeds 1/λmax");
         }
-        Assert.IsLessThan(0.01, stepSizes[0], "the cap applied while the common mean dominated");
-        Assert.IsTrue(isfinite(layer.DecorrelationMatrix).all().item<bool>());
+        Assert.AreEqual(1e-3, DecorrelationRule.StableStepSizes(1e-3, tensor(new[] { 10.0 })).item<double>());
+        CollectionAssert.AreEqual(new[] { 0.01, 0.5, 0.5 }, DecorrelationRule.StableStepSizes(0.5, tensor(new[] { 100.0, 0, double.NaN })).data<double>().ToArray());
+    }
+
+    [TestMethod]
+    public void StepSizeCapKeepsWideLayersStableWhereTheUncappedRuleDiverges()
+    {
+        const double kappa = 0.01;   // the default
+        foreach (var (name, samples) in HardSpectra())
+        {
+            using var scope = NewDisposeScope();
+            var data = samples.to(ScalarType.Float32);
+            double lambdaMax = linalg.eigvalsh(samples.t().mm(samples) / samples.shape[0]).max().item<double>();
+            double eta = 3 / lambdaMax;   // η·λmax = 3 > 2: where the off-diagonal part carries λmax, the plain rule overshoots it
+
+            // The plain rule R ← R − η·U on the same data, computed independently in float64.
+            var r = Reference.ToMatrix(eye(64, dtype: ScalarType.Float64));
+            var x = Reference.ToMatrix(samples);
+            double uncappedLoss = double.NaN;
+            for (int step = 0; step < 30 && !(uncappedLoss > 1e12); step++)
+                (r, uncappedLoss) = Reference.UpdateRule(Reference.Multiply(x, Reference.Transpose(r)), r, kappa, eta);
+            // Independent zero-mean features have almost no off-diagonal second moment: nothing for the plain rule to overshoot.
+            if (name != "zero-mean")
+                Assert.IsFalse(uncappedLoss < 1e6, $"{name}: without the cap the rule diverges (loss {uncappedLoss})");
+
+            using var layer = new DecorrelatedLinear(64, 4, options: new DecorrelationOptions { LearningRate = eta, Kappa = kappa, LinearSampleFraction = 1 });
+            layer.train();
+            var losses = new List<double>();
+            for (int step = 0; step < 30; step++)
+            {
+                using var stepScope = NewDisposeScope();
+                layer.forward(data);
+                losses.Add(layer.UpdateDecorrelation());
+                Assert.IsTrue(double.IsFinite(losses[^1]), $"{name}: update {step}");
+                if (step == 0)
+                    Assert.AreEqual(1, layer.LastCappedBlocks, $"{name}: the cap bound at the first update");
+            }
+            Assert.IsLessThan(losses[0] / 4, losses[^1], $"{name}: the capped rule still decorrelates (loss {losses[0]} → {losses[^1]})");
+        }
     }
 
     [TestMethod]
@@ -173,7 +206,7 @@ public class DecorrelatedLayerTests
         using var scope = NewDisposeScope();
         var z = randn(7, 30, dtype: ScalarType.Float64);
         var r = eye(30, dtype: ScalarType.Float64) + randn(30, 30, dtype: ScalarType.Float64) * 0.1;
-        var (update, loss) = DecorrelationRule.Compute(z, r, 0.2);
+        var (update, loss, _) = DecorrelationRule.Compute(z, r, 0.2);
 
         var x = z.t().mm(z) / 7;
         var diagonal = x.diag();

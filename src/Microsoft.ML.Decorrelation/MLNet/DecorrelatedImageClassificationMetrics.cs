@@ -3,14 +3,35 @@ namespace Microsoft.ML.Decorrelation;
 /// <summary>What <see cref="DecorrelatedImageClassificationTrainer"/> measured in one epoch.</summary>
 public sealed class DecorrelatedImageClassificationMetrics
 {
-    /// <summary>The epoch, from 1.</summary>
-    public int Epoch { get; init; }
+    /// <summary>Epochs done: 1, 2, … at the end of each epoch.</summary>
+    public double Epoch { get; init; }
 
     /// <summary>Mean cross-entropy of the epoch's training batches.</summary>
     public double TrainLoss { get; init; }
 
+    /// <summary>
+    /// Accuracy on the epoch's training batches, each measured as the network was when it trained on that batch
+    /// (augmented images, training mode), like PyTorch Lightning's running training accuracy.
+    /// </summary>
+    public double TrainAccuracy { get; init; }
+
     /// <summary>Accuracy on the validation set after the epoch, or null without one.</summary>
     public double? ValidationAccuracy { get; init; }
+
+    /// <summary>Mean cross-entropy on the validation set after the epoch, or null without one.</summary>
+    public double? ValidationLoss { get; init; }
+
+    /// <summary>The learning rate of the weights at the epoch's last step.</summary>
+    public double LearningRate { get; init; }
+
+    /// <summary>The decorrelation learning rate η_R at the epoch's last step; null for plain backprop.</summary>
+    public double? DecorrelationLearningRate { get; init; }
+
+    /// <summary>
+    /// The fraction of the epoch's updates of R whose step the stability cap lowered below η_R; null for plain
+    /// backprop. Near 1 for many epochs means the cap, not <see cref="DecorrelationLearningRate"/>, sets the pace.
+    /// </summary>
+    public double? CappedUpdateFraction { get; init; }
 
     /// <summary>Training wall-clock seconds since the start of training (validation excluded).</summary>
     public double Seconds { get; init; }
@@ -23,9 +44,10 @@ public sealed class DecorrelatedImageClassificationMetrics
 
     /// <inheritdoc />
     public override string ToString()
-        => $"Epoch {Epoch}: train loss {TrainLoss:F4}" +
-           (ValidationAccuracy is double accuracy ? $", validation accuracy {accuracy:P2}" : "") +
-           $", {Seconds:F1} s" + (DecorrelationLoss is double loss ? $", decorrelation loss {loss:E2}" : "");
+        => $"Epoch {Epoch:0.##}: train loss {TrainLoss:F4}, train accuracy {TrainAccuracy:P2}" +
+           (ValidationAccuracy is double accuracy ? $", validation accuracy {accuracy:P2}, validation loss {ValidationLoss:F4}" : "") +
+           $", learning rate {LearningRate:G3}, {Seconds:F1} s" +
+           (DecorrelationLoss is double loss ? $", decorrelation loss {loss:E2}, η_R {DecorrelationLearningRate:G3}, capped {CappedUpdateFraction:P0}" : "");
 }
 
 /// <summary>Progress of one training step of <see cref="DecorrelatedImageClassificationTrainer"/>.</summary>

@@ -313,9 +313,14 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 {
                     var metrics = new DecorrelatedImageClassificationMetrics
                     {
-                        Epoch = (int)Math.Round(m.Epoch),
+                        Epoch = m.Epoch,
                         TrainLoss = m.TrainLoss,
+                        TrainAccuracy = m.TrainAccuracy,
                         ValidationAccuracy = m.TestAccuracy,
+                        ValidationLoss = m.TestLoss,
+                        LearningRate = m.LearningRate,
+                        DecorrelationLearningRate = m.DecorrelationLearningRate,
+                        CappedUpdateFraction = m.CappedUpdateFraction,
                         Seconds = m.TrainingSeconds,
                         DecorrelationLoss = m.DecorrelationLoss.Count == 0 ? null : m.DecorrelationLoss.Values.Average(),
                         LayerDecorrelationLoss = m.DecorrelationLoss,

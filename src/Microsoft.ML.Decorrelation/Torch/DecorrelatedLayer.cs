@@ -187,10 +187,13 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// The step size of the last update (the smallest over the blocks of a block-diagonal R):
-    /// <see cref="LearningRate"/>, or less when the stability cap of <see cref="DecorrelationRule.StableStepSize"/>
+    /// <see cref="LearningRate"/>, or less when the stability cap of <see cref="DecorrelationRule.StableStepSizes"/>
     /// applied. NaN before the first update.
     /// </summary>
     public double LastStepSize { get; private set; } = double.NaN;
+
+    /// <summary>How many blocks of R (of <see cref="BlockCount"/>) the stability cap slowed in the last update.</summary>
+    public int LastCappedBlocks { get; private set; }
 
     /// <summary>The decorrelation loss measured by the last <see cref="UpdateDecorrelation"/>, or NaN.</summary>
     public double LastDecorrelationLoss { get; private set; } = double.NaN;
@@ -274,8 +277,8 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// <summary>
     /// Applies one step of the update rule with the samples kept by the last training forward pass, then
     /// forgets them. Does nothing when there are none. The step size is <see cref="LearningRate"/>, capped at
-    /// 1/λmax of the samples' second moment (<see cref="DecorrelationRule.StableStepSize"/>); each block of a
-    /// block-diagonal R is capped by its own λmax.
+    /// 1/‖X‖_F ≥ 1/λmax of the samples' second moment (<see cref="DecorrelationRule.StableStepSizes"/>); each block of a
+    /// block-diagonal R is capped by its own.
     /// </summary>
     /// <returns>The decorrelation loss before the step, or NaN when nothing was updated.</returns>
     /// <exception cref="TrainingDivergedException">The loss or the new R is not finite; R keeps its last value.</exception>
@@ -288,17 +291,20 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         using var samples = _pendingSamples;
         _pendingSamples = null;
         var blocks = PerBlock(samples);
-        var (update, loss) = DecorrelationRule.Compute(blocks, decorrelation_matrix, Kappa);
-        double lossValue = loss.to(ScalarType.Float64).item<double>();
-        var stepSizes = DecorrelationRule.LargestEigenvalues(blocks).Select(lambda => DecorrelationRule.StableStepSize(LearningRate, lambda)).ToArray();
-        LastStepSize = stepSizes.Min();
-        var next = BlockCount == 1
-            ? decorrelation_matrix - update.mul_(stepSizes[0])
-            : decorrelation_matrix - update.mul_(tensor(stepSizes, device: update.device).to(update.dtype).view(BlockCount, 1, 1));
-        if (!double.IsFinite(lossValue) || !isfinite(next).all().item<bool>())
+        var (update, loss, norms) = DecorrelationRule.Compute(blocks, decorrelation_matrix, Kappa);
+        var stepSizes = DecorrelationRule.StableStepSizes(LearningRate, norms);
+        var perBlockStep = stepSizes.to(update.dtype);
+        var next = decorrelation_matrix - update.mul_(BlockCount == 1 ? perBlockStep : perBlockStep.view(BlockCount, 1, 1));
+        // One device-to-host copy per update: the loss, the smallest step, how many blocks were capped, whether R is finite.
+        var summary = stack([loss.to(ScalarType.Float64), stepSizes.min(), stepSizes.lt(LearningRate).sum().to(ScalarType.Float64),
+            isfinite(next).all().to(ScalarType.Float64)]).cpu().data<double>().ToArray();
+        double lossValue = summary[0];
+        if (!double.IsFinite(lossValue) || summary[3] != 1)
             throw new TrainingDivergedException(
                 $"The decorrelation matrix of layer '{DisplayName}' diverged (decorrelation loss {lossValue}); it keeps its last finite value. " +
                 "Lower the decorrelation learning rate or the learning rate.", DisplayName);
+        LastStepSize = summary[1];
+        LastCappedBlocks = (int)summary[2];
         decorrelation_matrix.copy_(next);
         LastDecorrelationLoss = lossValue;
         return lossValue;

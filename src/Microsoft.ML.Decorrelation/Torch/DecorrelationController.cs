@@ -23,6 +23,7 @@ public sealed class DecorrelationController
 {
     private readonly double[] _lossSums;
     private readonly int[] _lossCounts;
+    private long _blockUpdates, _cappedBlockUpdates;
 
     /// <summary>Finds every <see cref="DecorrelatedLayer"/> of <paramref name="network"/> and names it by its path.</summary>
     /// <param name="network">The network; may contain no decorrelated layer (plain backprop).</param>
@@ -106,8 +107,22 @@ public sealed class DecorrelationController
             {
                 _lossSums[i] += loss;
                 _lossCounts[i]++;
+                _blockUpdates += Layers[i].BlockCount;
+                _cappedBlockUpdates += Layers[i].LastCappedBlocks;
             }
         }
+    }
+
+    /// <summary>
+    /// The fraction of block updates since the last call whose step size the stability cap lowered
+    /// (<see cref="DecorrelationRule.StableStepSizes"/>), then starts a new count; NaN when nothing was updated.
+    /// </summary>
+    public double TakeCappedFraction()
+    {
+        double fraction = _blockUpdates == 0 ? double.NaN : (double)_cappedBlockUpdates / _blockUpdates;
+        _blockUpdates = 0;
+        _cappedBlockUpdates = 0;
+        return fraction;
     }
 
     /// <summary>

@@ -9,51 +9,23 @@ namespace Microsoft.ML.Decorrelation.Torch;
 public static class DecorrelationRule
 {
     /// <summary>
-    /// An estimate of the largest eigenvalue of X = ZᵀZ/N by a few power iterations (X·v computed as Zᵀ(Z·v)/N,
-    /// never forming X), started from the all-ones direction, which dominates X for non-negative inputs
-    /// such as ReLU activations.
+    /// The step size actually used for each block: <paramref name="learningRate"/>, capped at 1/‖X‖_F, where
+    /// ‖X‖_F ≥ λmax(X) is the Frobenius norm of the block's second moment (<see cref="Compute"/> returns it). Without
+    /// a cap, R diverges within a few updates once η·λmax exceeds 2, which happens in wide layers whose non-negative
+    /// inputs share a large mean (λmax grows with D). The Frobenius norm bounds λmax from above whatever the data —
+    /// zero-mean, anti-correlated or not — and is at most √rank(X)·λmax, so the cap is safe and close where it
+    /// matters: when one direction dominates X.
     /// </summary>
-    /// <param name="decorrelated">Z: N×D.</param>
-    /// <param name="iterations">Power iterations.</param>
-    public static double LargestEigenvalue(Tensor decorrelated, int iterations = 4)
-    {
-        ArgumentOutOfRangeException.ThrowIfNotEqual(decorrelated.dim(), 2L, nameof(decorrelated));
-        return LargestEigenvalues(decorrelated, iterations)[0];
-    }
-
-    /// <summary>
-    /// <see cref="LargestEigenvalue"/> of each block: for Z of G×N×d, the largest eigenvalue of each ZₖᵀZₖ/N
-    /// (all blocks iterated together); for Z of N×D, one value.
-    /// </summary>
-    /// <param name="decorrelated">Z: N×D, or G×N×d.</param>
-    /// <param name="iterations">Power iterations.</param>
-    public static double[] LargestEigenvalues(Tensor decorrelated, int iterations = 4)
+    /// <param name="learningRate">η, positive.</param>
+    /// <param name="secondMomentNorms">‖X‖_F of each block (a vector, on any device); a zero norm leaves η as it is.</param>
+    /// <returns>The step sizes, a float64 vector on the device of <paramref name="secondMomentNorms"/>.</returns>
+    public static Tensor StableStepSizes(double learningRate, Tensor secondMomentNorms)
     {
         using var scope = NewDisposeScope();
-        var z = decorrelated.dim() == 2 ? decorrelated.unsqueeze(0) : decorrelated;
-        long blocks = z.shape[0];
-        double n = z.shape[1];
-        // A unit start vector, so that each iteration's estimate is simply ‖X·v‖.
-        var v = full(blocks, z.shape[2], 1, 1 / Math.Sqrt(z.shape[2]), dtype: z.dtype, device: z.device);
-        var estimates = new double[blocks];
-        for (int i = 0; i < iterations; i++)
-        {
-            var next = z.transpose(1, 2).bmm(z.bmm(v)).div_(n);
-            estimates = next.flatten(1).norm(1).to(ScalarType.Float64).cpu().data<double>().ToArray();
-            if (estimates.Any(norm => !(norm > 0) || !double.IsFinite(norm)))
-                break;
-            v = next.div_(tensor(estimates, device: z.device).to(z.dtype).view(blocks, 1, 1));
-        }
-        return estimates;
+        var norms = secondMomentNorms.to(ScalarType.Float64);
+        var cap = norms.reciprocal().nan_to_num(learningRate, learningRate, learningRate);
+        return cap.clamp_max(learningRate).MoveToOuterDisposeScope();
     }
-
-    /// <summary>
-    /// The step size actually used: <paramref name="learningRate"/>, capped at 1/λmax(X) so that no direction is
-    /// overshot. Without the cap, R diverges within a few updates once η·λmax exceeds 2, which happens in wide
-    /// layers whose non-negative inputs share a large mean (λmax grows with D).
-    /// </summary>
-    public static double StableStepSize(double learningRate, double largestEigenvalue)
-        => largestEigenvalue > 0 && double.IsFinite(largestEigenvalue) ? Math.Min(learningRate, 1 / largestEigenvalue) : learningRate;
 
     /// <summary>
     /// Computes the update direction <c>U = [(1−κ)·C + κ·diag(v)]·R</c> and the monitoring loss
@@ -63,15 +35,16 @@ public static class DecorrelationRule
     /// <param name="matrix">R: the D×D decorrelation matrix that produced <paramref name="decorrelated"/>, or its G×d×d blocks.</param>
     /// <param name="kappa">κ ∈ [0, 1].</param>
     /// <returns>
-    /// U, shaped like <paramref name="matrix"/> (the caller applies <c>R ← R − η·U</c>), and the loss as a scalar
-    /// tensor (for blocks, the mean of the blocks' losses).
+    /// U, shaped like <paramref name="matrix"/> (the caller applies <c>R ← R − η·U</c>); the loss as a scalar
+    /// tensor (for blocks, the mean of the blocks' losses); and ‖X‖_F of each block, a vector of G (1 for a full R),
+    /// for <see cref="StableStepSizes"/>.
     /// </returns>
     /// <remarks>
     /// With X = ZᵀZ/N, C = X − diag(diag X) and v = diag X − 1, U = (1−κ)·X·R + diag(κ·v − (1−κ)·diag X)·R.
     /// When N &lt; D, X·R is computed as Zᵀ(Z·R)/N (2·N·D² operations instead of N·D² + D³), and
     /// ‖X‖² as ‖Z·Zᵀ‖²/N², so X itself is never formed.
     /// </remarks>
-    public static (Tensor Update, Tensor Loss) Compute(Tensor decorrelated, Tensor matrix, double kappa)
+    public static (Tensor Update, Tensor Loss, Tensor SecondMomentNorm) Compute(Tensor decorrelated, Tensor matrix, double kappa)
     {
         long d = decorrelated.shape[^1];
         double n = decorrelated.shape[^2];
@@ -84,19 +57,20 @@ public static class DecorrelationRule
         if (n < d)
         {
             xTimesR = zt.matmul(z.matmul(matrix)).div_(n);
-            frobeniusSquared = z.matmul(zt).div_(n).square().sum();
+            frobeniusSquared = z.matmul(zt).div_(n).square().sum([-2, -1]);
         }
         else
         {
             var second = zt.matmul(z).div_(n);
             xTimesR = second.matmul(matrix);
-            frobeniusSquared = second.square().sum();
+            frobeniusSquared = second.square().sum([-2, -1]);
         }
         var deviations = variances - 1;
-        var offDiagonalSquared = frobeniusSquared - variances.square().sum();
+        var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
         var rowScale = deviations * kappa - variances * (1 - kappa);
         var update = xTimesR.mul_(1 - kappa).add_(rowScale.unsqueeze(-1) * matrix);
         var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)blocks * d * d);
-        return (update.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope());
+        var norms = frobeniusSquared.sqrt().reshape(blocks);
+        return (update.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), norms.MoveToOuterDisposeScope());
     }
 }

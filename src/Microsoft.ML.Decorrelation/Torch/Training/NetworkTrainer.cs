@@ -180,15 +180,16 @@ public sealed class NetworkTrainer
         var clock = new Stopwatch();
         double lossSum = 0;
         int lossCount = 0;
+        long correct = 0, seen = 0;
         for (int batch = 0; batch < batchesPerEpoch; batch++)
         {
             cancellation.ThrowIfCancellationRequested();
             clock.Start();
             double loss;
+            int start = batch * options.BatchSize;
+            int count = (int)Math.Min(options.BatchSize, train.Count - start);
             using (var scope = NewDisposeScope())
             {
-                int start = batch * options.BatchSize;
-                int count = (int)Math.Min(options.BatchSize, train.Count - start);
                 var indices = tensor(permutation.AsSpan(start, count).ToArray());
                 var images = augmentation.Apply(train.Images.index_select(0, indices).to(options.Device), epoch, batch);
                 loss = session.Step(images, train.Labels.index_select(0, indices).to(options.Device));
@@ -196,24 +197,35 @@ public sealed class NetworkTrainer
             clock.Stop();
             lossSum += loss;
             lossCount++;
+            correct += session.LastStepCorrect;
+            seen += count;
             double seconds = run.SecondsBefore + clock.Elapsed.TotalSeconds;
             onStep?.Invoke(new StepProgress(epoch, batch + 1, batchesPerEpoch, loss, seconds));
 
             int evaluationIndex = evaluationSteps.IndexOf(batch + 1);
             if (evaluationIndex < 0)
                 continue;
+            var (testAccuracy, testLoss) = test is null ? (double.NaN, double.NaN)
+                : Measure(session.Network, test, options.EvaluationBatchSize, options.Device, options.OneDnn);
+            bool decorrelated = session.Decorrelation.Layers.Count > 0;
             var metrics = new TrainingMetrics
             {
                 Epoch = epoch - 1 + (double)(evaluationIndex + 1) / evaluationSteps.Count,
                 Step = session.StepCount,
                 TrainLoss = lossSum / lossCount,
-                TestAccuracy = test is null ? null : Evaluate(session.Network, test, options.EvaluationBatchSize, options.Device, options.OneDnn),
+                TrainAccuracy = (double)correct / seen,
+                TestAccuracy = test is null ? null : testAccuracy,
+                TestLoss = test is null ? null : testLoss,
                 TrainingSeconds = seconds,
                 LearningRate = session.LearningRate,
+                DecorrelationLearningRate = decorrelated ? session.Decorrelation.Layers[0].LearningRate : null,
+                CappedUpdateFraction = decorrelated ? session.Decorrelation.TakeCappedFraction() : null,
                 DecorrelationLoss = session.Decorrelation.TakeMeanLosses(),
             };
             lossSum = 0;
             lossCount = 0;
+            correct = 0;
+            seen = 0;
             run.History.Add(metrics);
             onMetrics?.Invoke(metrics);
         }
@@ -362,27 +374,39 @@ public sealed class NetworkTrainer
     /// <param name="device">The network's device.</param>
     /// <param name="oneDnn">Whether convolutions may use oneDNN (<see cref="NativeKernelGuard"/>).</param>
     public static double Evaluate(nn.Module<Tensor, Tensor> network, ImageDataset data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
+        => Measure(network, data, batchSize, device, oneDnn).Accuracy;
+
+    /// <summary>
+    /// Accuracy and mean cross-entropy of <paramref name="network"/> on <paramref name="data"/>, in eval mode and without
+    /// gradients; both NaN for an empty set.
+    /// </summary>
+    /// <inheritdoc cref="Evaluate" path="/param"/>
+    public static (double Accuracy, double Loss) Measure(nn.Module<Tensor, Tensor> network, ImageDataset data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(data);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         if (data.Count == 0)
-            return double.NaN;
+            return (double.NaN, double.NaN);
         using var kernels = NativeKernelGuard.Enter(oneDnn);
         bool wasTraining = network.training;
         network.eval();
         try
         {
             using var noGrad = no_grad();
-            long correct = 0;
+            double correct = 0, lossSum = 0;
             for (long start = 0; start < data.Count; start += batchSize)
             {
                 using var scope = NewDisposeScope();
                 long count = Math.Min(batchSize, data.Count - start);
-                var predicted = network.forward(data.Images.narrow(0, start, count).to(device)).argmax(1).cpu();
-                correct += predicted.eq(data.Labels.narrow(0, start, count)).sum().item<long>();
+                var logits = network.forward(data.Images.narrow(0, start, count).to(device));
+                var labels = data.Labels.narrow(0, start, count).to(device);
+                var batch = stack([logits.argmax(1).eq(labels).sum().to(ScalarType.Float64),
+                    nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).to(ScalarType.Float64)]).cpu().data<double>();
+                correct += batch[0];
+                lossSum += batch[1];
             }
-            return (double)correct / data.Count;
+            return (correct / data.Count, lossSum / data.Count);
         }
         finally
         {

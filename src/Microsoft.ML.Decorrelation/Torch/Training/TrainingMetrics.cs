@@ -15,14 +15,35 @@ public sealed record TrainingMetrics
     /// <summary>Mean training loss of the steps since the previous point.</summary>
     public required double TrainLoss { get; init; }
 
+    /// <summary>
+    /// Accuracy on the training batches since the previous point, each measured by the network as it was at that
+    /// batch (in training mode, on augmented images), as PyTorch Lightning's running training accuracy.
+    /// </summary>
+    public double TrainAccuracy { get; init; }
+
     /// <summary>Test accuracy at this point, or null when no test set was given.</summary>
     public double? TestAccuracy { get; init; }
+
+    /// <summary>Mean cross-entropy on the test set at this point, or null when no test set was given.</summary>
+    public double? TestLoss { get; init; }
 
     /// <summary>Training wall-clock seconds since the start of the run (evaluation time excluded).</summary>
     public required double TrainingSeconds { get; init; }
 
     /// <summary>The learning rate of the last step.</summary>
     public required double LearningRate { get; init; }
+
+    /// <summary>
+    /// The decorrelation learning rate η_R of the last step (of the first decorrelated layer, after the schedule and any
+    /// divergence halving), or null for plain backpropagation.
+    /// </summary>
+    public double? DecorrelationLearningRate { get; init; }
+
+    /// <summary>
+    /// The fraction of R's block updates since the previous point whose step the stability cap lowered; NaN when R
+    /// was not updated, null for plain backpropagation. Near 1 for long, the cap rather than η_R sets the pace.
+    /// </summary>
+    public double? CappedUpdateFraction { get; init; }
 
     /// <summary>
     /// Mean decorrelation loss of each decorrelated layer (by path) over the updates since the previous

@@ -140,6 +140,9 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Steps taken so far.</summary>
     public long StepCount { get; private set; }
 
+    /// <summary>How many images of the last step's batch the network classified correctly (before the step's update).</summary>
+    public long LastStepCorrect { get; private set; }
+
     /// <summary>Where the last step's time went.</summary>
     public StepTimings LastStepTimings { get; private set; }
 
@@ -170,8 +173,12 @@ public sealed class TrainingSession : IDisposable
         Decorrelation.BeginStep(StepCount);
         long start = Stopwatch.GetTimestamp();
         _optimizer.zero_grad();
-        var loss = nn.functional.cross_entropy(Network.forward(images), labels);
-        double lossValue = loss.to(ScalarType.Float64).item<double>();
+        var logits = Network.forward(images);
+        var loss = nn.functional.cross_entropy(logits, labels);
+        // One device-to-host copy: the loss and how many of the batch the network got right before the step.
+        var summary = stack([loss.detach().to(ScalarType.Float64), logits.detach().argmax(1).eq(labels).sum().to(ScalarType.Float64)]).cpu().data<double>().ToArray();
+        double lossValue = summary[0];
+        LastStepCorrect = (long)summary[1];
         long forwardDone = Stopwatch.GetTimestamp();
         if (!double.IsFinite(lossValue))
             throw new TrainingDivergedException($"The training loss became {lossValue} at epoch {epoch}, step {step}. Lower the learning rate.")
