@@ -219,7 +219,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         if (label.Annotations.TryFindColumn(MLNetInternals.AnnotationKinds.KeyValues, out var keyValues))
         {
             scoreAnnotations.Add(MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.SlotNames, SchemaShape.Column.VectorKind.Vector, TextDataViewType.Instance, false));
-            labelAnnotations.Add(MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.KeyValues, SchemaShape.Column.VectorKind.Vector, TextDataViewType.Instance, false));
+            labelAnnotations.Add(MLNetInternals.ShapeColumn(MLNetInternals.AnnotationKinds.KeyValues, SchemaShape.Column.VectorKind.Vector, LabelKeyValues.StoredType(keyValues.ItemType), false));
         }
         columns[_options.ScoreColumnName] = MLNetInternals.ShapeColumn(_options.ScoreColumnName, SchemaShape.Column.VectorKind.Vector,
             NumberDataViewType.Single, false, new SchemaShape(scoreAnnotations));
@@ -249,7 +249,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             ?? throw new ArgumentOutOfRangeException(nameof(input), $"Feature column '{options.FeatureColumnName}' was not found in the input.");
         var imageInput = ImageInput.Create(input, featureColumn, options.ImageChannels, options.ImageHeight, options.ImageWidth);
         CheckArchitectureFits(imageInput.Shape);
-        var classNames = ClassNames(labelColumn, classCount);
+        var keyValues = LabelKeyValues.Read(labelColumn, classCount);
 
         using var channel = _host.Start(nameof(DecorrelatedImageClassificationTrainer));
         void CheckAlive() => MLNetInternals.CheckAlive(_host);
@@ -265,7 +265,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
 
         // One seed for everything random in this run: the held-out rows, the weights, the batch order, the samples.
         int seed = options.Seed ?? MLNetInternals.GetSeed(_host) ?? Random.Shared.Next();
-        using var validation = ReadValidation(input, imageInput, classCount, trainData, seed, channel, CheckAlive, out var trainSet);
+        using var validation = ReadValidation(input, imageInput, classCount, keyValues, trainData, seed, channel, CheckAlive, out var trainSet);
         using var heldOutSplit = ReferenceEquals(trainSet, trainData) ? null : trainSet;
         var (mean, deviation) = trainSet.ChannelStatistics();
         for (int c = 0; c < deviation.Length; c++)
@@ -346,7 +346,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         }
         var model = new ImageClassifierNetwork(network, options.Architecture, imageInput.Shape, classCount, mean, deviation, device);
         return new DecorrelatedImageClassificationTransformer(_host, model, imageInput, options.LabelColumnName, options.ScoreColumnName,
-            options.PredictedLabelColumnName, classNames);
+            options.PredictedLabelColumnName, keyValues);
     }
 
     /// <summary>
@@ -354,16 +354,22 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
     /// <paramref name="trainPart"/>, the images to train on: <paramref name="train"/> itself unless rows were
     /// held out, in which case a new dataset that the caller disposes.
     /// </summary>
-    private ImageDataset? ReadValidation(IDataView input, ImageInput imageInput, int classCount, ImageDataset train, int seed, IChannel channel, Action checkAlive,
+    private ImageDataset? ReadValidation(IDataView input, ImageInput imageInput, int classCount, LabelKeyValues? keyValues, ImageDataset train, int seed, IChannel channel, Action checkAlive,
         out ImageDataset trainPart)
     {
         var options = _options;
         if (options.ValidationSet is { } validationSet)
         {
             var label = validationSet.Schema.GetColumnOrNull(options.LabelColumnName);
-            if (label?.Type is not KeyDataViewType key || key.Count != (ulong)classCount)
+            if (label?.Type is not KeyDataViewType key || key.RawType != typeof(uint) || key.Count != (ulong)classCount)
                 throw new ArgumentOutOfRangeException(nameof(options.ValidationSet),
-                    $"The validation set's label column '{options.LabelColumnName}' must be a key of {classCount} classes, like the training data's.");
+                    $"The validation set's label column '{options.LabelColumnName}' must be a key of {classCount} classes, like the training data's; it is {label?.Type.ToString() ?? "missing"}.");
+            var validationKeys = LabelKeyValues.Read(label.Value, classCount);
+            if ((keyValues is null) != (validationKeys is null) || (keyValues is not null && !keyValues.SameAs(validationKeys!)))
+                throw new ArgumentOutOfRangeException(nameof(options.ValidationSet),
+                    $"The validation set's label column '{options.LabelColumnName}' maps keys to other values than the training data's " +
+                    $"(training: {Describe(keyValues)}; validation: {Describe(validationKeys)}): key k must mean the same class in both. " +
+                    "Transform both with the same fitted MapValueToKey.");
             var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive);
             if (skipped > 0)
                 channel.Warning($"Skipped {skipped} validation rows whose label is missing.");
@@ -401,29 +407,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 $"{_options.Architecture} needs images of at least {minimum}×{minimum} pixels; column '{_options.FeatureColumnName}' holds {shape.Width}×{shape.Height}.");
     }
 
-    private static ReadOnlyMemory<char>[]? ClassNames(DataViewSchema.Column label, int classCount)
-    {
-        var keyValues = label.Annotations.Schema.GetColumnOrNull(MLNetInternals.AnnotationKinds.KeyValues);
-        if (keyValues?.Type is not VectorDataViewType vector)
-            return null;
-        if (vector.ItemType is TextDataViewType)
-        {
-            VBuffer<ReadOnlyMemory<char>> names = default;
-            label.Annotations.GetValue(MLNetInternals.AnnotationKinds.KeyValues, ref names);
-            return names.DenseValues().Take(classCount).ToArray();
-        }
-        // Key values of another type (numbers, booleans) become text names.
-        var method = typeof(DecorrelatedImageClassificationTrainer).GetMethod(nameof(NamesAsText), System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Static)!
-            .MakeGenericMethod(vector.ItemType.RawType);
-        return (ReadOnlyMemory<char>[])method.Invoke(null, [label, classCount])!;
-    }
-
-    private static ReadOnlyMemory<char>[] NamesAsText<T>(DataViewSchema.Column label, int classCount)
-    {
-        VBuffer<T> values = default;
-        label.Annotations.GetValue(MLNetInternals.AnnotationKinds.KeyValues, ref values);
-        return values.DenseValues().Take(classCount).Select(v => (v?.ToString() ?? "").AsMemory()).ToArray();
-    }
+    private static string Describe(LabelKeyValues? values)
+        => values is null ? "no key values" : string.Join(", ", values.AsText().Take(6)) + (values.Count > 6 ? ", …" : "");
 
     private static void Validate(Options options)
     {

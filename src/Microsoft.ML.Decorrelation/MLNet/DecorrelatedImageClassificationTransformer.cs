@@ -22,7 +22,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer : ITransf
     private bool _disposed;
 
     internal DecorrelatedImageClassificationTransformer(IHostEnvironment environment, ImageClassifierNetwork network, ImageInput input,
-        string labelColumnName, string scoreColumnName, string predictedLabelColumnName, ReadOnlyMemory<char>[]? classNames)
+        string labelColumnName, string scoreColumnName, string predictedLabelColumnName, LabelKeyValues? labelKeyValues)
     {
         _host = environment.Register(nameof(DecorrelatedImageClassificationTransformer));
         Network = network;
@@ -30,14 +30,15 @@ public sealed partial class DecorrelatedImageClassificationTransformer : ITransf
         LabelColumnName = labelColumnName;
         ScoreColumnName = scoreColumnName;
         PredictedLabelColumnName = predictedLabelColumnName;
-        ClassNameValues = classNames;
+        LabelKeyValues = labelKeyValues;
     }
 
     internal ImageClassifierNetwork Network { get; }
 
     internal ImageInput Input { get; }
 
-    internal ReadOnlyMemory<char>[]? ClassNameValues { get; }
+    /// <summary>The label's key values in their own type, or null when the label had none.</summary>
+    internal LabelKeyValues? LabelKeyValues { get; }
 
     /// <summary>The label column the model was trained on.</summary>
     public string LabelColumnName { get; }
@@ -54,8 +55,11 @@ public sealed partial class DecorrelatedImageClassificationTransformer : ITransf
     /// <summary>K, the number of classes (the label key type's count at training).</summary>
     public int ClassCount => Network.ClassCount;
 
-    /// <summary>The label names (the label's key values), in key order; null when the label had none.</summary>
-    public IReadOnlyList<string>? ClassNames => ClassNameValues?.Select(name => name.ToString()).ToArray();
+    /// <summary>
+    /// The label names (the label's key values, as text), in key order; null when the label had none. <c>PredictedLabel</c>
+    /// carries the key values in their own type (text, number or boolean), so <c>MapKeyToValue</c> gives back the label's type.
+    /// </summary>
+    public IReadOnlyList<string>? ClassNames => LabelKeyValues?.AsText();
 
     /// <summary>The architecture of the network.</summary>
     public CnnArchitecture Architecture => Network.Architecture;
@@ -145,12 +149,8 @@ public sealed partial class DecorrelatedImageClassificationTransformer : ITransf
     private DataViewSchema.Annotations ScoreAnnotations(uint scoreSet, string valueKind, bool slotNames)
     {
         var annotations = new DataViewSchema.Annotations.Builder();
-        if (ClassNameValues is { } names)
-        {
-            var namesType = new VectorDataViewType(TextDataViewType.Instance, names.Length);
-            ValueGetter<VBuffer<ReadOnlyMemory<char>>> getNames = (ref VBuffer<ReadOnlyMemory<char>> value) => value = new VBuffer<ReadOnlyMemory<char>>(names.Length, names);
-            annotations.Add(slotNames ? MLNetInternals.AnnotationKinds.SlotNames : MLNetInternals.AnnotationKinds.KeyValues, namesType, getNames);
-        }
+        // Slot names are text, as ML.NET's evaluators and explainers read them; key values keep the label's type.
+        LabelKeyValues?.AddTo(annotations, slotNames ? MLNetInternals.AnnotationKinds.SlotNames : MLNetInternals.AnnotationKinds.KeyValues, asText: slotNames);
         annotations.Add(MLNetInternals.AnnotationKinds.ScoreColumnKind, TextDataViewType.Instance,
             (ref ReadOnlyMemory<char> value) => value = MLNetInternals.AnnotationKinds.MulticlassClassification.AsMemory());
         annotations.Add(MLNetInternals.AnnotationKinds.ScoreValueKind, TextDataViewType.Instance,

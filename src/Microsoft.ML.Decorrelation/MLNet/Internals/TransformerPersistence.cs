@@ -1,5 +1,6 @@
 using Microsoft.ML;
 using Microsoft.ML.Decorrelation;
+using Microsoft.ML.Data;
 using Microsoft.ML.Runtime;
 using static TorchSharp.torch;
 
@@ -17,8 +18,13 @@ public sealed partial class DecorrelatedImageClassificationTransformer
     internal const string LoaderSignature = "DecorrImageClassifier";
     private const string NetworkStreamName = "Network.bin";
 
-    /// <summary>The model format this version writes and reads: 0x00010001, the first.</summary>
-    internal const uint FormatVersion = 0x00010001;
+    /// <summary>
+    /// The model format this version writes: 0x00010002, whose key values keep the label's type. It also reads
+    /// 0x00010001, whose key values are text.
+    /// </summary>
+    internal const uint FormatVersion = 0x00010002;
+
+    private const uint TextKeyValuesVersion = 0x00010001;
 
     /// <summary>The format written by Save; tests raise it to check that a newer model is refused.</summary>
     internal static uint SavedFormatVersion { get; set; } = FormatVersion;
@@ -28,7 +34,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         modelSignature: "DBPIMGCL",
         verWrittenCur: written,
         verReadableCur: written,
-        verWeCanReadBack: FormatVersion,
+        verWeCanReadBack: TextKeyValuesVersion,
         loaderSignature: LoaderSignature,
         loaderAssemblyName: typeof(DecorrelatedImageClassificationTransformer).Assembly.FullName);
 
@@ -44,7 +50,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         // string: label, feature, score and predicted label column names
         // int: input kind; int: architecture; int ×3: channels, height, width; int: classes
         // float[channels] ×2: mean and standard deviation of the pixels
-        // int: number of class names (−1 for none), then each name
+        // int: number of key values (−1 for none); int: their DataKind; then each value (text in the string table)
         // stream Network.bin: the plain network's state dict (TorchSharp format)
         ctx.SaveNonEmptyString(LabelColumnName);
         ctx.SaveNonEmptyString(FeatureColumnName);
@@ -59,9 +65,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         writer.Write(Network.ClassCount);
         foreach (var value in Network.Mean.Concat(Network.StandardDeviation))
             writer.Write(value);
-        writer.Write(ClassNameValues?.Length ?? -1);
-        foreach (var name in ClassNameValues ?? [])
-            ctx.SaveString(name);
+        SaveKeyValues(ctx, LabelKeyValues);
         ctx.SaveBinaryStream(NetworkStreamName, stream => Network.Network.save(stream));
     }
 
@@ -88,7 +92,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         int nameCount = reader.ReadInt32();
         if (nameCount != -1 && nameCount != classes)
             throw env.ExceptDecode($"The model holds {nameCount} class names for {classes} classes.");
-        var names = nameCount < 0 ? null : Enumerable.Range(0, nameCount).Select(_ => ctx.LoadString().AsMemory()).ToArray();
+        var names = nameCount < 0 ? null : LoadKeyValues(ctx, nameCount, env);
 
         var (gpu, fallback) = MLNet.Internals.MLNetInternals.GetDeviceRequest(env);
         var device = Torch.TorchDevices.Select(gpu, fallback);
@@ -105,5 +109,68 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         }
         var model = new ImageClassifierNetwork(network, architecture, shape, classes, mean, deviation, device);
         return new DecorrelatedImageClassificationTransformer(env, model, ImageInput.Restore(feature, kind, shape), label, score, predictedLabel, names);
+    }
+
+    private static readonly (DataKind Kind, PrimitiveDataViewType Type)[] KeyValueKinds =
+    [
+        (DataKind.String, TextDataViewType.Instance), (DataKind.Boolean, BooleanDataViewType.Instance),
+        (DataKind.Single, NumberDataViewType.Single), (DataKind.Double, NumberDataViewType.Double),
+        (DataKind.SByte, NumberDataViewType.SByte), (DataKind.Byte, NumberDataViewType.Byte),
+        (DataKind.Int16, NumberDataViewType.Int16), (DataKind.UInt16, NumberDataViewType.UInt16),
+        (DataKind.Int32, NumberDataViewType.Int32), (DataKind.UInt32, NumberDataViewType.UInt32),
+        (DataKind.Int64, NumberDataViewType.Int64), (DataKind.UInt64, NumberDataViewType.UInt64),
+    ];
+
+    private static void SaveKeyValues(ModelSaveContext ctx, LabelKeyValues? keyValues)
+    {
+        var writer = ctx.Writer;
+        writer.Write(keyValues?.Count ?? -1);
+        if (keyValues is null)
+            return;
+        writer.Write((int)KeyValueKinds.First(k => k.Type.Equals(keyValues.ItemType)).Kind);
+        foreach (var value in keyValues.Values)
+        {
+            switch (value)
+            {
+                case string text: ctx.SaveString(text); break;
+                case bool b: writer.Write(b); break;
+                case float f: writer.Write(f); break;
+                case double d: writer.Write(d); break;
+                case sbyte v: writer.Write(v); break;
+                case byte v: writer.Write(v); break;
+                case short v: writer.Write(v); break;
+                case ushort v: writer.Write(v); break;
+                case int v: writer.Write(v); break;
+                case uint v: writer.Write(v); break;
+                case long v: writer.Write(v); break;
+                case ulong v: writer.Write(v); break;
+                default: throw new InvalidOperationException($"Key values of type {value.GetType()} cannot be saved.");
+            }
+        }
+    }
+
+    private static LabelKeyValues LoadKeyValues(ModelLoadContext ctx, int count, IHostEnvironment env)
+    {
+        if (ctx.Header.ModelVerWritten == TextKeyValuesVersion)
+            return LabelKeyValues.Create(TextDataViewType.Instance, Enumerable.Range(0, count).Select(_ => ctx.LoadString().AsMemory()).ToArray());
+        var reader = ctx.Reader;
+        var kind = (DataKind)reader.ReadInt32();
+        T[] Read<T>(Func<T> one) => Enumerable.Range(0, count).Select(_ => one()).ToArray();
+        return kind switch
+        {
+            DataKind.String => LabelKeyValues.Create(TextDataViewType.Instance, Read(() => ctx.LoadString().AsMemory())),
+            DataKind.Boolean => LabelKeyValues.Create(BooleanDataViewType.Instance, Read(reader.ReadBoolean)),
+            DataKind.Single => LabelKeyValues.Create(NumberDataViewType.Single, Read(reader.ReadSingle)),
+            DataKind.Double => LabelKeyValues.Create(NumberDataViewType.Double, Read(reader.ReadDouble)),
+            DataKind.SByte => LabelKeyValues.Create(NumberDataViewType.SByte, Read(reader.ReadSByte)),
+            DataKind.Byte => LabelKeyValues.Create(NumberDataViewType.Byte, Read(reader.ReadByte)),
+            DataKind.Int16 => LabelKeyValues.Create(NumberDataViewType.Int16, Read(reader.ReadInt16)),
+            DataKind.UInt16 => LabelKeyValues.Create(NumberDataViewType.UInt16, Read(reader.ReadUInt16)),
+            DataKind.Int32 => LabelKeyValues.Create(NumberDataViewType.Int32, Read(reader.ReadInt32)),
+            DataKind.UInt32 => LabelKeyValues.Create(NumberDataViewType.UInt32, Read(reader.ReadUInt32)),
+            DataKind.Int64 => LabelKeyValues.Create(NumberDataViewType.Int64, Read(reader.ReadInt64)),
+            DataKind.UInt64 => LabelKeyValues.Create(NumberDataViewType.UInt64, Read(reader.ReadUInt64)),
+            _ => throw env.ExceptDecode($"The model's key values have an unknown kind ({(int)kind})."),
+        };
     }
 }
