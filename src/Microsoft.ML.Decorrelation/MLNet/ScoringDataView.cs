@@ -8,8 +8,10 @@ namespace Microsoft.ML.Decorrelation;
 /// </summary>
 /// <remarks>
 /// A cursor that needs the new columns opens a second cursor over the input that reads only the feature
-/// column and runs ahead by one batch; both see the same rows in the same order, as every IDataView
-/// cursor without a random source does. The input's other columns come from the first cursor unchanged.
+/// column and runs ahead by one batch. The input's other columns come from the first cursor unchanged. Both
+/// must see the same rows in the same order, as every IDataView cursor without a random source does; the
+/// cursor checks it row by row with the rows' ids and fails, instead of pairing scores with other rows, on an
+/// input whose cursors disagree (a nondeterministic or shuffling source).
 /// </remarks>
 internal sealed class ScoringDataView : IDataView
 {
@@ -57,6 +59,9 @@ internal sealed class ScoringDataView : IDataView
         private readonly bool _scoreActive;
         private readonly bool _labelActive;
         private readonly float[] _pixels = [];
+        private readonly DataViewRowId[] _featureRowIds = [];
+        private readonly ValueGetter<DataViewRowId>? _featureRowId;
+        private readonly ValueGetter<DataViewRowId>? _rowId;
         private float[] _scores = [];
         private int _batchRows;
         private int _batchIndex;
@@ -72,6 +77,9 @@ internal sealed class ScoringDataView : IDataView
             {
                 _readPixels = parent._transformer.Input.CreateReader(features);
                 _pixels = new float[parent._transformer.ScoringBatchSize * parent._transformer.Input.Shape.Size];
+                _featureRowIds = new DataViewRowId[parent._transformer.ScoringBatchSize];
+                _featureRowId = features.GetIdGetter();
+                _rowId = rows.GetIdGetter();
             }
         }
 
@@ -96,8 +104,17 @@ internal sealed class ScoringDataView : IDataView
         {
             if (!_rows.MoveNext())
                 return false;
-            if (_features is not null && ++_batchIndex >= _batchRows)
+            if (_features is null)
+                return true;
+            if (++_batchIndex >= _batchRows)
                 ScoreNextBatch();
+            DataViewRowId id = default;
+            _rowId!(ref id);
+            if (!id.Equals(_featureRowIds[_batchIndex]))
+                throw new InvalidOperationException(
+                    $"The input data view returned row {id} to one cursor and row {_featureRowIds[_batchIndex]} to another at position {_rows.Position}: " +
+                    "its cursors see rows in different orders (a shuffling or nondeterministic source), so scores could be paired with the wrong rows. " +
+                    "Score before shuffling, or cache the input first (mlContext.Data.Cache).");
             return true;
         }
 
@@ -108,6 +125,7 @@ internal sealed class ScoringDataView : IDataView
             while (count < capacity && _features!.MoveNext())
             {
                 _readPixels!(_pixels.AsSpan(count * size, size));
+                _featureRowId!(ref _featureRowIds[count]);
                 count++;
             }
             if (count == 0)
