@@ -45,6 +45,42 @@ public class ArchitectureTests
     }
 
     [TestMethod]
+    public void DecorrelatedResNetWithIdentityREqualsThePlainResNetInOutputsAndGradients()
+    {
+        using var scope = NewDisposeScope();
+        random.manual_seed(11);
+        var plain = NetworkBuilder.ResNet18(3, 10, ResNetStem.SmallImage);
+        // Every convolution and the classifier decorrelated, the wide ones with block-diagonal R (still the identity).
+        var decorrelated = NetworkConversion.ToDecorrelated(plain, new DecorrelationOptions { MaxBlockSize = 288 });
+        var layers = new DecorrelationController(decorrelated).Layers;
+        Assert.AreEqual(plain.modules().Count(m => m is TorchSharp.Modules.Conv2d or TorchSharp.Modules.Linear), layers.Count);
+        Assert.IsTrue(layers.Any(l => l.BlockCount > 1));
+
+        var images = randn(4, 3, 16, 16);
+        var labels = tensor(new long[] { 0, 3, 7, 9 });
+        plain.train();
+        decorrelated.train();
+        foreach (var layer in layers)
+            layer.CollectStatistics = false;
+        var plainLogits = plain.forward(images);
+        var decorrelatedLogits = decorrelated.forward(images);
+        Assert.IsLessThan(1e-4, Reference.MaxAbsDifference(plainLogits, decorrelatedLogits), "forward (training mode, batch statistics)");
+        nn.functional.cross_entropy(plainLogits, labels).backward();
+        nn.functional.cross_entropy(decorrelatedLogits, labels).backward();
+
+        var decorrelatedParameters = decorrelated.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        int compared = 0;
+        foreach (var (name, parameter) in plain.named_parameters())
+        {
+            var gradient = decorrelatedParameters[name].grad!;
+            double scale = Math.Max(1e-3, parameter.grad!.abs().max().item<float>());
+            Assert.IsLessThan(1e-3, Reference.MaxAbsDifference(parameter.grad, gradient) / scale, $"gradient of {name}");
+            compared++;
+        }
+        Assert.AreEqual(plain.parameters().Count(), compared);
+    }
+
+    [TestMethod]
     public void DecorrelatedResNetTrainsOneStep()
     {
         using var scope = NewDisposeScope();

@@ -233,6 +233,44 @@ public class DecorrelatedLayerTests
         layer.forward(randn(32, 4));
         Assert.IsFalse(layer.HasPendingStatistics, "a step without collection keeps no statistics");
         Assert.IsTrue(double.IsNaN(layer.UpdateDecorrelation()));
+
+        // The kept rows are R·x of SampleCount(B) distinct rows of the batch.
+        Randomize(layer);
+        layer.CollectStatistics = true;
+        var batch = randn(32, 4);
+        layer.forward(batch);
+        var all = batch.mm(layer.DecorrelationMatrix.t());
+        var kept = layer.PendingSamples!;
+        Assert.AreEqual(8L, kept.shape[0]);
+        var sources = Enumerable.Range(0, 8).Select(k => MatchingRows(all, kept[k]).Single()).ToArray();
+        Assert.AreEqual(8, sources.Distinct().Count(), "drawn without replacement");
+    }
+
+    /// <summary>The indices of the rows of <paramref name="rows"/> equal to <paramref name="row"/> (to float precision).</summary>
+    private static IEnumerable<long> MatchingRows(Tensor rows, Tensor row)
+        => Enumerable.Range(0, (int)rows.shape[0]).Where(i => (rows[i] - row).abs().max().item<float>() < 1e-5f).Select(i => (long)i);
+
+    [TestMethod]
+    public void ConvolutionKeepsEveryPatchOfExactlyTheSampledImages()
+    {
+        using var scope = NewDisposeScope();
+        var layer = new DecorrelatedConv2d(2, 3, (2, 2), (1, 1), (1, 0), options: new DecorrelationOptions { ConvolutionSampleFraction = 0.5 });
+        Randomize(layer);
+        var input = randn(6, 2, 5, 5);
+        layer.train();
+        layer.forward(input);
+
+        long patches = 6 * 4;   // (5 + 2 − 2 + 1) × (5 − 2 + 1) positions per image
+        var perImage = nn.functional.unfold(input, (2, 2), padding: (1, 0)).transpose(1, 2).matmul(layer.DecorrelationMatrix.t());   // (images, patches, D)
+        var kept = layer.PendingSamples!;
+        Assert.AreEqual(3 * patches, kept.shape[0], "all patches of SampleCount(6) = 3 images");
+        var images = new List<long>();
+        for (int k = 0; k < 3; k++)
+        {
+            var block = kept.narrow(0, k * patches, patches);
+            images.Add(Enumerable.Range(0, 6).Single(i => (perImage[i] - block).abs().max().item<float>() < 1e-5f));
+        }
+        Assert.AreEqual(3, images.Distinct().Count(), "three different images, each with every one of its patches");
     }
 
     [TestMethod]

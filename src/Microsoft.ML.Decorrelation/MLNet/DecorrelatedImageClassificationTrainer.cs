@@ -275,32 +275,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
 
         var (gpu, fallback) = MLNetInternals.GetDeviceRequest(_host);
         var device = TorchDevices.Select(gpu, fallback);
-        var trainingOptions = new TrainingOptions
-        {
-            Epochs = options.MaxEpoch,
-            BatchSize = options.BatchSize,
-            LearningRate = options.LearningRate,
-            WeightDecay = options.WeightDecay,
-            Schedule = options.LearningRateSchedule,
-            RandomCropPadding = options.RandomCropPadding,
-            RandomHorizontalFlip = options.RandomHorizontalFlip,
-            EarlyStoppingPatience = options.EarlyStoppingPatience,
-            CheckpointPath = options.CheckpointPath,
-            ResumeFromCheckpoint = options.ResumeFromCheckpoint,
-            DivergenceRetries = options.DivergenceRetries,
-            OneDnn = options.OneDnn,
-            Seed = seed,
-            Device = device,
-            Decorrelation = new DecorrelationOptions
-            {
-                LearningRate = options.DecorrelationLearningRate,
-                Kappa = options.Kappa,
-                ConvolutionSampleFraction = options.DecorrelationSampleFraction,
-                UpdateInterval = options.DecorrelationUpdateInterval,
-                MaxInputSize = options.DecorrelationMaxInputSize == 0 ? null : options.DecorrelationMaxInputSize,
-                MaxBlockSize = options.DecorrelationMaxBlockSize == 0 ? null : options.DecorrelationMaxBlockSize,
-            },
-        };
+        var trainingOptions = EngineOptions(options, seed, device);
         channel.Info($"Training {options.Architecture} with {(options.UseDecorrelation ? "decorrelated backpropagation" : "backpropagation")} " +
                      $"on {device.type}, {trainSet.Count} images, {classCount} classes, {options.MaxEpoch} epochs, seed {trainingOptions.Seed}.");
 
@@ -406,6 +381,35 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             throw new ArgumentOutOfRangeException(nameof(Options.Architecture),
                 $"{_options.Architecture} needs images of at least {minimum}×{minimum} pixels; column '{_options.FeatureColumnName}' holds {shape.Width}×{shape.Height}.");
     }
+
+    /// <summary>The engine's options for a run of the trainer's <paramref name="options"/>: the one mapping of the trainer's settings.</summary>
+    internal static TrainingOptions EngineOptions(Options options, int seed, TorchSharp.torch.Device device)
+        => new()
+        {
+            Epochs = options.MaxEpoch,
+            BatchSize = options.BatchSize,
+            LearningRate = options.LearningRate,
+            WeightDecay = options.WeightDecay,
+            Schedule = options.LearningRateSchedule,
+            RandomCropPadding = options.RandomCropPadding,
+            RandomHorizontalFlip = options.RandomHorizontalFlip,
+            EarlyStoppingPatience = options.EarlyStoppingPatience,
+            CheckpointPath = options.CheckpointPath,
+            ResumeFromCheckpoint = options.ResumeFromCheckpoint,
+            DivergenceRetries = options.DivergenceRetries,
+            OneDnn = options.OneDnn,
+            Seed = seed,
+            Device = device,
+            Decorrelation = new DecorrelationOptions
+            {
+                LearningRate = options.DecorrelationLearningRate,
+                Kappa = options.Kappa,
+                ConvolutionSampleFraction = options.DecorrelationSampleFraction,
+                UpdateInterval = options.DecorrelationUpdateInterval,
+                MaxInputSize = options.DecorrelationMaxInputSize == 0 ? null : options.DecorrelationMaxInputSize,
+                MaxBlockSize = options.DecorrelationMaxBlockSize == 0 ? null : options.DecorrelationMaxBlockSize,
+            },
+        };
 
     private static string Describe(LabelKeyValues? values)
         => values is null ? "no key values" : string.Join(", ", values.AsText().Take(6)) + (values.Count > 6 ? ", …" : "");

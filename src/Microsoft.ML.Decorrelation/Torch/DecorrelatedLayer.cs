@@ -198,6 +198,9 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// <summary>The decorrelation loss measured by the last <see cref="UpdateDecorrelation"/>, or NaN.</summary>
     public double LastDecorrelationLoss { get; private set; } = double.NaN;
 
+    /// <summary>The decorrelated rows kept by the last training forward pass (N×D), or null; for tests.</summary>
+    internal Tensor? PendingSamples => _pendingSamples;
+
     /// <summary>Whether a forward pass has kept samples that <see cref="UpdateDecorrelation"/> has not used yet.</summary>
     public bool HasPendingStatistics => _pendingSamples is not null;
 
