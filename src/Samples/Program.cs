@@ -3,6 +3,9 @@ using Microsoft.ML.Decorrelation;
 using Microsoft.ML.Decorrelation.Samples;
 using Spectre.Console;
 
+// Some commands call TorchSharp before the library: let it make TorchSharp's native library loadable first.
+Microsoft.ML.Decorrelation.Torch.TorchSharpNativeLoader.EnsureLoaded();
+
 var epochs = new Option<int>("--epochs") { Description = "Epochs per arm.", DefaultValueFactory = _ => new MainJobSettings().Epochs };
 var architecture = new Option<CnnArchitecture>("--arch") { Description = "Network: SmallCnn, ResNet18, ResNet34 or ResNet50.", DefaultValueFactory = _ => CnnArchitecture.SmallCnn };
 var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => new MainJobSettings().BatchSize };

@@ -5,8 +5,9 @@ using Microsoft.VisualStudio.TestTools.UnitTesting;
 namespace Microsoft.ML.Decorrelation.Tests;
 
 /// <summary>
-/// The TorchBackend property selects the native packages. CUDA packages cannot be restored here, so the
-/// selection is checked by evaluating the project's PackageReference items without restoring.
+/// The package carries managed code only and applications choose the native backend: the TorchBackend property
+/// selects it for this repository's applications. CUDA packages cannot be restored here, so the selection is checked
+/// by evaluating PackageReference items without restoring; the package itself is packed and its nuspec read.
 /// </summary>
 [TestClass]
 public class BuildTests
@@ -21,10 +22,14 @@ public class BuildTests
         throw new InvalidOperationException($"MLNetExt.sln was not found above {AppContext.BaseDirectory}.");
     }
 
-    /// <summary>The project's TorchSharp and LibTorch package references under the given MSBuild properties.</summary>
+    private static string LibraryProject => Path.Combine(RepositoryRoot(), "src", "Microsoft.ML.Decorrelation", "Microsoft.ML.Decorrelation.csproj");
+
+    /// <summary>An application's (the samples') TorchSharp and LibTorch package references under the given MSBuild properties.</summary>
     private static string[] PackageReferences(params string[] properties)
+        => PackageReferencesOf(Path.Combine(RepositoryRoot(), "src", "Samples", "Samples.csproj"), properties);
+
+    private static string[] PackageReferencesOf(string project, params string[] properties)
     {
-        var project = Path.Combine(RepositoryRoot(), "src", "Microsoft.ML.Decorrelation", "Microsoft.ML.Decorrelation.csproj");
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var argument in new[] { "msbuild", project, "-getItem:PackageReference" }.Concat(properties.Select(p => "-p:" + p)))
             start.ArgumentList.Add(argument);
@@ -60,5 +65,57 @@ public class BuildTests
         CollectionAssert.Contains(references, "TorchSharp");
         Assert.AreEqual(1, references.Count(r => r.StartsWith("libtorch-cpu-", StringComparison.Ordinal)));
         Assert.IsFalse(references.Any(r => r.Contains("cuda", StringComparison.OrdinalIgnoreCase)));
+    }
+
+    [TestMethod]
+    [DataRow("TorchBackend=cpu")]
+    [DataRow("TorchBackend=cuda")]
+    public void LibraryReferencesManagedTorchSharpOnly(string backend)
+        => CollectionAssert.AreEqual(new[] { "TorchSharp" }, PackageReferencesOf(LibraryProject, backend));
+
+    [TestMethod]
+    public void PackageDependsOnManagedPackagesOnlyAndCarriesItsMetadata()
+    {
+        var folder = Directory.CreateTempSubdirectory("dbp-pack").FullName;
+        try
+        {
+            var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var argument in new[] { "pack", LibraryProject, "-c", "Release", "--no-build", "-o", folder, "-p:VersionSuffix=buildtest" })
+                start.ArgumentList.Add(argument);
+            using (var process = Process.Start(start)!)
+            {
+                string output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
+                process.WaitForExit();
+                Assert.AreEqual(0, process.ExitCode, output);
+            }
+            var package = Directory.GetFiles(folder, "Microsoft.ML.Decorrelation.*.nupkg").Single(p => !p.EndsWith(".snupkg"));
+            Assert.IsTrue(File.Exists(Path.ChangeExtension(package, ".snupkg")), "a symbol package beside it");
+            using var zip = System.IO.Compression.ZipFile.OpenRead(package);
+            var entries = zip.Entries.Select(e => e.FullName).ToHashSet();
+            foreach (var expected in new[] { "lib/net10.0/Microsoft.ML.Decorrelation.dll", "lib/net10.0/Microsoft.ML.Decorrelation.xml", "README.md", "buildTransitive/Microsoft.ML.Decorrelation.targets" })
+                Assert.IsTrue(entries.Contains(expected), $"{expected} is packed; the package holds {string.Join(", ", entries)}");
+            Assert.IsFalse(entries.Any(e => e.StartsWith("runtimes/", StringComparison.Ordinal)), "no natives in the package");
+
+            var nuspecEntry = zip.Entries.Single(e => e.FullName.EndsWith(".nuspec"));
+            using var reader = new StreamReader(nuspecEntry.Open());
+            var nuspec = System.Xml.Linq.XDocument.Parse(reader.ReadToEnd());
+            var ns = nuspec.Root!.Name.Namespace;
+            var metadata = nuspec.Root.Element(ns + "metadata")!;
+            Assert.AreEqual("1.0.0-buildtest", metadata.Element(ns + "version")!.Value);
+            Assert.AreEqual("MIT", metadata.Element(ns + "license")!.Value);
+            Assert.AreEqual("README.md", metadata.Element(ns + "readme")!.Value);
+            StringAssert.Contains(metadata.Element(ns + "tags")!.Value, "ML.NET");
+            var groups = metadata.Element(ns + "dependencies")!.Elements(ns + "group").ToList();
+            Assert.AreEqual("net10.0", groups.Single().Attribute("targetFramework")!.Value);
+            var dependencies = groups.Single().Elements(ns + "dependency").ToDictionary(d => d.Attribute("id")!.Value, d => d.Attribute("version")!.Value);
+            CollectionAssert.AreEquivalent(new[] { "Microsoft.ML", "Microsoft.ML.ImageAnalytics", "TorchSharp" }, dependencies.Keys.ToArray(),
+                $"dependencies: {string.Join(", ", dependencies.Select(d => d.Key + " " + d.Value))}");
+            Assert.AreEqual("[5.0.1]", dependencies["Microsoft.ML"]);
+            Assert.AreEqual("[0.107.0]", dependencies["TorchSharp"]);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
     }
 }

@@ -96,6 +96,32 @@ public class TrainingTests
     }
 
     [TestMethod]
+    public void ShippedDefaultsDecorrelateEveryLayerTenfold()
+    {
+        // Exactly what a user of the trainer gets without setting an option: η_R 4e-3 per update every 4 steps, sample
+        // fractions 0.03 and 0.25, η_R following the step schedule, 6 epochs at batch 128.
+        var defaults = new DecorrelatedImageClassificationTrainer.Options();
+        var options = DecorrelatedImageClassificationTrainer.EngineOptions(defaults, seed: 5, CPU);
+        Assert.AreEqual(4e-3, options.Decorrelation!.LearningRate);
+        Assert.AreEqual(4, options.Decorrelation.UpdateInterval);
+        Assert.AreEqual(0.03, options.Decorrelation.ConvolutionSampleFraction);
+        Assert.AreEqual(0.25, options.Decorrelation.LinearSampleFraction);
+        Assert.IsTrue(options.Decorrelation.FollowLearningRateSchedule);
+        Assert.AreEqual(LearningRateSchedule.Step, options.Schedule);
+
+        using var network = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: true);
+        var history = new NetworkTrainer(options).Train(network, _train);
+        using var batch = _train.Images.narrow(0, 0, 256).clone();
+        var losses = LossesAgainstIdentity(network, batch);
+        CollectionAssert.AreEqual(new[] { "conv1", "conv2", "conv3", "classifier" }, losses.Keys.ToArray(), "every layer is decorrelated at 28×28");
+        foreach (var (layer, (learned, identity)) in losses)
+            Console.WriteLine($"{layer}: decorrelation loss {learned:E3} learned, {identity:E3} with R = I ({identity / learned:F1}x)");
+        foreach (var (layer, (learned, identity)) in losses)
+            Assert.IsLessThan(identity / 10, learned, $"{layer}: loss {learned:E3} with the learned R, {identity:E3} with R = I");
+        Assert.IsTrue(history.All(m => m.CappedUpdateFraction is >= 0 and <= 1));
+    }
+
+    [TestMethod]
     public void SameSeedGivesIdenticalInitialWeightsForBackpropAndDbp()
     {
         var options = new TrainingOptions { Seed = 3 };
