@@ -213,7 +213,7 @@ public class TrainerTests
         var data = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 500));
         ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options)).Fit(data);
 
-        CollectionAssert.AreEqual(new[] { 1, 2 }, epochs.Select(e => e.Epoch).ToArray());
+        CollectionAssert.AreEqual(new[] { 1.0, 2.0 }, epochs.Select(e => e.Epoch).ToArray());
         Assert.IsTrue(epochs.All(e => e.ValidationAccuracy is > 0 and <= 1 && e.DecorrelationLoss > 0 && e.LayerDecorrelationLoss.Count == 4));
         Assert.AreEqual(2, messages.Count(m => m.Contains("] Epoch ", StringComparison.Ordinal)), string.Join("\n", messages));
     }
