@@ -118,4 +118,58 @@ public class BuildTests
             Directory.Delete(folder, recursive: true);
         }
     }
+
+    /// <summary>
+    /// Runs the packed backend check (build/TorchBackendCheck.targets) on a project that resolved the given packages'
+    /// natives, as a consumer on another OS or with CUDA would, without restoring them; returns the build output.
+    /// </summary>
+    private static string BackendCheckOutput(string outputType, params string[] nativePackages)
+    {
+        var folder = Directory.CreateTempSubdirectory("dbp-backend-check").FullName;
+        try
+        {
+            var items = string.Join("\n", nativePackages.Select((package, i) =>
+                $"<RuntimeTargetsCopyLocalItems Include=\"native{i}.so\" NuGetPackageId=\"{package}\" />"));
+            var project = Path.Combine(folder, "consumer.proj");
+            File.WriteAllText(project, $"""
+                <Project>
+                  <PropertyGroup><OutputType>{outputType}</OutputType></PropertyGroup>
+                  <ItemGroup>{items}<NativeCopyLocalItems Include="libSkiaSharp.so" NuGetPackageId="SkiaSharp.NativeAssets.Linux" /></ItemGroup>
+                  <Target Name="ResolvePackageAssets" />
+                  <Import Project="{Path.Combine(RepositoryRoot(), "build", "TorchBackendCheck.targets")}" />
+                </Project>
+                """);
+            var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var argument in new[] { "msbuild", project, "-t:ResolvePackageAssets", "-nologo" })
+                start.ArgumentList.Add(argument);
+            using var process = Process.Start(start)!;
+            string output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
+            process.WaitForExit();
+            Assert.AreEqual(0, process.ExitCode, output);
+            return output;
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    [DataRow("libtorch-cpu-linux-x64")]
+    [DataRow("libtorch-cpu-win-x64")]
+    [DataRow("libtorch-cpu-osx-arm64")]
+    [DataRow("libtorch-cuda-12.8-linux-x64")]
+    [DataRow("libtorch-cuda-12.8-win-x64")]
+    public void ConsumerWithABackendOfAnyOsOrCudaGetsNoWarning(string backend)
+        => Assert.DoesNotContain("DBP0001", BackendCheckOutput("Exe", backend));
+
+    [TestMethod]
+    public void ConsumerWithoutABackendIsWarnedNamingThePackages()
+    {
+        string output = BackendCheckOutput("Exe");
+        StringAssert.Contains(output, "warning DBP0001");
+        StringAssert.Contains(output, "libtorch-cpu-win-x64");
+        StringAssert.Contains(output, "TorchSharp-cuda-linux");
+        Assert.DoesNotContain("DBP0001", BackendCheckOutput("Library"), "a class library leaves the choice to its application");
+    }
 }
