@@ -91,4 +91,17 @@ else
   echo "   no DBP0001 warning for an app without a LibTorch backend" >&2
   exit 1
 fi
+# Run anyway: training must fail with the library's error naming the packages, not crash natively.
+mkdir -p "$work/NoBackendConsumer/run"
+if "$work/NoBackendConsumer/bin/Release/net10.0/NoBackendConsumer" train "$repo/src/Samples/Data/fashion-mnist-subset" \
+     "$work/NoBackendConsumer/run" 100 > "$work/NoBackendConsumer/run.log" 2>&1; then
+  echo "   an app without a backend trained?" >&2
+  exit 1
+elif grep -q "Reference exactly one LibTorch backend package" "$work/NoBackendConsumer/run.log"; then
+  echo "   run without a backend fails with: $(grep -o 'PlatformNotSupportedException: [^.]*\.' "$work/NoBackendConsumer/run.log" | head -1)"
+else
+  cat "$work/NoBackendConsumer/run.log" >&2
+  echo "   an app without a backend did not fail with the library's error" >&2
+  exit 1
+fi
 echo "consumer apps: OK"

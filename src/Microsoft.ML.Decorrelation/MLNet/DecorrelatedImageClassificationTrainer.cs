@@ -233,9 +233,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
     /// <exception cref="ArgumentException">The data cannot train a classifier (no usable rows, a single class).</exception>
     /// <exception cref="TrainingDivergedException">Training produced a non-finite loss or decorrelation matrix.</exception>
     /// <exception cref="OperationCanceledException"><c>mlContext.CancelExecution()</c> was called.</exception>
+    /// <exception cref="PlatformNotSupportedException">TorchSharp's native backend cannot load here; the message says why.</exception>
     public DecorrelatedImageClassificationTransformer Fit(IDataView input)
     {
         _host.CheckValue(input, nameof(input));
+        Torch.TorchSharpNativeLoader.EnsureLoaded();
         var options = _options;
         var labelColumn = input.Schema.GetColumnOrNull(options.LabelColumnName)
             ?? throw new ArgumentOutOfRangeException(nameof(input), $"Label column '{options.LabelColumnName}' was not found in the input.");

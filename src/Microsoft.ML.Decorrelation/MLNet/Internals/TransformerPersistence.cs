@@ -75,6 +75,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         Contracts.CheckValue(env, nameof(env));
         env.CheckValue(ctx, nameof(ctx));
         ctx.CheckAtModel(GetVersionInfo());
+        Torch.TorchSharpNativeLoader.EnsureLoaded();
 
         string label = ctx.LoadNonEmptyString();
         string feature = ctx.LoadNonEmptyString();

@@ -42,6 +42,7 @@ public sealed class NetworkTrainer
     {
         ArgumentNullException.ThrowIfNull(buildPlain);
         ArgumentNullException.ThrowIfNull(options);
+        TorchSharpNativeLoader.EnsureLoaded();
         lock (GlobalGeneratorLock)
         {
             using var live = random.get_rng_state();
