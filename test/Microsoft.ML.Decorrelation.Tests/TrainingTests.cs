@@ -98,11 +98,11 @@ public class TrainingTests
     [TestMethod]
     public void ShippedDefaultsDecorrelateEveryLayerTenfold()
     {
-        // Exactly what a user of the trainer gets without setting an option: η_R 4e-3 per update every 4 steps, sample
+        // Exactly what a user of the trainer gets without setting an option: η_R 8e-3 per update every 4 steps, sample
         // fractions 0.03 and 0.25, η_R following the step schedule, 6 epochs at batch 128.
         var defaults = new DecorrelatedImageClassificationTrainer.Options();
         var options = DecorrelatedImageClassificationTrainer.EngineOptions(defaults, seed: 5, CPU);
-        Assert.AreEqual(4e-3, options.Decorrelation!.LearningRate);
+        Assert.AreEqual(8e-3, options.Decorrelation!.LearningRate);
         Assert.AreEqual(4, options.Decorrelation.UpdateInterval);
         Assert.AreEqual(0.03, options.Decorrelation.ConvolutionSampleFraction);
         Assert.AreEqual(0.25, options.Decorrelation.LinearSampleFraction);

@@ -105,7 +105,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>True (the default) trains with decorrelated backpropagation; false with plain backpropagation, all else equal.</summary>
         public bool UseDecorrelation = true;
 
-        /// <summary>Learning rate of the decorrelation matrices, per update (see <see cref="DecorrelationUpdateInterval"/>). Default 4e-3.</summary>
+        /// <summary>Learning rate of the decorrelation matrices, per update (see <see cref="DecorrelationUpdateInterval"/>). Default 8e-3.</summary>
         public double DecorrelationLearningRate = new DecorrelationOptions().LearningRate;
 
         /// <summary>κ ∈ [0, 1]: weight of variance normalisation against decorrelation. Default 0.01.</summary>

@@ -15,10 +15,11 @@ public sealed class DecorrelationOptions
     public const int DefaultUpdateInterval = 4;
 
     /// <summary>
-    /// Learning rate η of the decorrelation matrices, per update. Default 4e-3: with the default
-    /// <see cref="UpdateInterval"/> of 4 that is the paper's 1e-3 per step.
+    /// Learning rate η of the decorrelation matrices, per update. Default 8e-3 (2e-3 per step on average at the default
+    /// <see cref="UpdateInterval"/> of 4): with η following the step schedule, 4e-3 left the first layer only 8× less
+    /// correlated after 6 epochs on 8,000 images, 8e-3 21× (README, "Where this implementation differs").
     /// </summary>
-    public double LearningRate { get; set; } = 4e-3;
+    public double LearningRate { get; set; } = 8e-3;
 
     /// <summary>
     /// Weight κ ∈ [0, 1] of variance normalisation against decorrelation: 0 decorrelates only,
