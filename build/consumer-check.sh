@@ -7,12 +7,13 @@
 #   3. against the package WITHOUT a backend: the build must warn with DBP0001.
 # Apps 1 and 2 write 500 PNG files from the shipped Fashion-MNIST subset, train 1 epoch through LoadImages,
 # ResizeImages and ExtractPixels, evaluate, save, and load the model in a second process whose predictions must be
-# identical (build/consumer/Program.cs). Usage: build/consumer-check.sh [IMAGE_COUNT]
+# identical (build/consumer/Program.cs). Usage: build/consumer-check.sh [IMAGE_COUNT]; KEEP_CONSUMER_WORK=1 keeps the
+# temporary folder for inspection.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 count="${1:-500}"
 work="$(mktemp -d /tmp/dbp-consumer.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${KEEP_CONSUMER_WORK:-}" ] || rm -rf "$work"' EXIT
 version_suffix="ci.$(date -u +%Y%m%d%H%M%S).$$"
 version="1.0.0-$version_suffix"
 
@@ -98,7 +99,7 @@ if "$work/NoBackendConsumer/bin/Release/net10.0/NoBackendConsumer" train "$repo/
   echo "   an app without a backend trained?" >&2
   exit 1
 elif grep -q "Reference exactly one LibTorch backend package" "$work/NoBackendConsumer/run.log"; then
-  echo "   run without a backend fails with: $(grep -o 'PlatformNotSupportedException: [^.]*\.' "$work/NoBackendConsumer/run.log" | head -1)"
+  echo "   run without a backend fails with: $(grep -o 'Training is not possible here: .*' "$work/NoBackendConsumer/run.log" | cut -c1-200 | head -1)…"
 else
   cat "$work/NoBackendConsumer/run.log" >&2
   echo "   an app without a backend did not fail with the library's error" >&2

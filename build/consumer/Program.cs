@@ -27,7 +27,16 @@ var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
     .Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(new DecorrelatedImageClassificationTrainer.Options { MaxEpoch = 1, BatchSize = 50 }))
     .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
 var clock = Stopwatch.StartNew();
-var model = pipeline.Fit(data);
+ITransformer model;
+try
+{
+    model = pipeline.Fit(data);
+}
+catch (PlatformNotSupportedException e)
+{
+    Console.Error.WriteLine($"Training is not possible here: {e.Message}");
+    return 3;
+}
 var metrics = ml.MulticlassClassification.Evaluate(model.Transform(data));
 Console.WriteLine($"trained on {rows.Length} PNG files in {clock.Elapsed.TotalSeconds:F1} s; training-set accuracy {metrics.MicroAccuracy:P1}, log-loss {metrics.LogLoss:F3}");
 ml.Model.Save(model, data.Schema, Path.Combine(folder, "model.zip"));
