@@ -7,7 +7,7 @@ namespace Microsoft.ML.Decorrelation.Torch.Data;
 /// Labelled images held in memory as tensors: images (N, C, H, W) float32 and labels (N) int64 class
 /// indices. The dataset owns both tensors.
 /// </summary>
-public sealed class ImageDataset : IDisposable
+public sealed class ImageDataset : IImageSource, IDisposable
 {
     /// <summary>Takes ownership of <paramref name="images"/> and <paramref name="labels"/>.</summary>
     /// <param name="images">Float32 images, (N, C, H, W).</param>
@@ -49,6 +49,13 @@ public sealed class ImageDataset : IDisposable
 
     /// <summary>(C, H, W) of one image.</summary>
     public (long Channels, long Height, long Width) ImageShape => (Images.shape[1], Images.shape[2], Images.shape[3]);
+
+    /// <inheritdoc />
+    public (Tensor Images, Tensor Labels) Read(ReadOnlySpan<long> rows)
+    {
+        using var indices = tensor(rows.ToArray());
+        return (Images.index_select(0, indices), Labels.index_select(0, indices));
+    }
 
     /// <summary>The mean and standard deviation of each channel over all images and pixels.</summary>
     public (float[] Mean, float[] StandardDeviation) ChannelStatistics()

@@ -94,7 +94,7 @@ public sealed class NetworkTrainer
     /// <exception cref="TrainingDivergedException">The loss or a decorrelation matrix turned non-finite (after the allowed retries).</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellation"/> was triggered.</exception>
     /// <exception cref="InvalidDataException">The checkpoint to resume from is damaged or belongs to another network.</exception>
-    public IReadOnlyList<TrainingMetrics> Train(nn.Module<Tensor, Tensor> network, ImageDataset train, ImageDataset? test = null,
+    public IReadOnlyList<TrainingMetrics> Train(nn.Module<Tensor, Tensor> network, IImageSource train, IImageSource? test = null,
         Action<TrainingMetrics>? onMetrics = null, Action<StepProgress>? onStep = null, CancellationToken cancellation = default,
         Action<string>? onWarning = null)
     {
@@ -109,7 +109,7 @@ public sealed class NetworkTrainer
             : TrainOnThisThread(network, train, test, onMetrics, onStep, cancellation, onWarning);
     }
 
-    private IReadOnlyList<TrainingMetrics> TrainOnThisThread(nn.Module<Tensor, Tensor> network, ImageDataset train, ImageDataset? test,
+    private IReadOnlyList<TrainingMetrics> TrainOnThisThread(nn.Module<Tensor, Tensor> network, IImageSource train, IImageSource? test,
         Action<TrainingMetrics>? onMetrics, Action<StepProgress>? onStep, CancellationToken cancellation, Action<string>? onWarning)
     {
         var options = _options;
@@ -170,7 +170,7 @@ public sealed class NetworkTrainer
         return run.History;
     }
 
-    private void TrainEpoch(RunState run, int epoch, ImageDataset train, ImageDataset? test, List<int> evaluationSteps,
+    private void TrainEpoch(RunState run, int epoch, IImageSource train, IImageSource? test, List<int> evaluationSteps,
         Action<TrainingMetrics>? onMetrics, Action<StepProgress>? onStep, CancellationToken cancellation)
     {
         var options = _options;
@@ -182,18 +182,21 @@ public sealed class NetworkTrainer
         double lossSum = 0;
         int lossCount = 0;
         long correct = 0, seen = 0;
+        bool gpu = options.Device.type == DeviceType.CUDA;
+        using var batches = new BatchPrefetcher(train, permutation, options.BatchSize, pinMemory: gpu);
         for (int batch = 0; batch < batchesPerEpoch; batch++)
         {
             cancellation.ThrowIfCancellationRequested();
             clock.Start();
             double loss;
-            int start = batch * options.BatchSize;
-            int count = (int)Math.Min(options.BatchSize, train.Count - start);
+            var (batchImages, batchLabels) = batches.Next();
+            int count = (int)batchLabels.shape[0];
+            using (batchImages)
+            using (batchLabels)
             using (var scope = NewDisposeScope())
             {
-                var indices = tensor(permutation.AsSpan(start, count).ToArray());
-                var images = augmentation.Apply(train.Images.index_select(0, indices).to(options.Device), epoch, batch);
-                loss = session.Step(images, train.Labels.index_select(0, indices).to(options.Device));
+                var images = augmentation.Apply(batchImages.to(options.Device, non_blocking: gpu), epoch, batch);
+                loss = session.Step(images, batchLabels.to(options.Device, non_blocking: gpu));
             }
             clock.Stop();
             lossSum += loss;
@@ -374,7 +377,7 @@ public sealed class NetworkTrainer
     /// <param name="batchSize">Images per forward pass.</param>
     /// <param name="device">The network's device.</param>
     /// <param name="oneDnn">Whether convolutions may use oneDNN (<see cref="NativeKernelGuard"/>).</param>
-    public static double Evaluate(nn.Module<Tensor, Tensor> network, ImageDataset data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
+    public static double Evaluate(nn.Module<Tensor, Tensor> network, IImageSource data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
         => Measure(network, data, batchSize, device, oneDnn).Accuracy;
 
     /// <summary>
@@ -382,7 +385,7 @@ public sealed class NetworkTrainer
     /// gradients; both NaN for an empty set.
     /// </summary>
     /// <inheritdoc cref="Evaluate" path="/param"/>
-    public static (double Accuracy, double Loss) Measure(nn.Module<Tensor, Tensor> network, ImageDataset data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
+    public static (double Accuracy, double Loss) Measure(nn.Module<Tensor, Tensor> network, IImageSource data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(data);
@@ -400,8 +403,12 @@ public sealed class NetworkTrainer
             {
                 using var scope = NewDisposeScope();
                 long count = Math.Min(batchSize, data.Count - start);
-                var logits = network.forward(data.Images.narrow(0, start, count).to(device));
-                var labels = data.Labels.narrow(0, start, count).to(device);
+                var rows = new long[count];
+                for (long i = 0; i < count; i++)
+                    rows[i] = start + i;
+                var (images, cpuLabels) = data.Read(rows);   // owned by this scope
+                var logits = network.forward(images.to(device));
+                var labels = cpuLabels.to(device);
                 var batch = stack([logits.argmax(1).eq(labels).sum().to(ScalarType.Float64),
                     nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).to(ScalarType.Float64)]).cpu().data<double>();
                 correct += batch[0];
