@@ -263,17 +263,18 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             channel.Warning($"Skipped {skipped} training rows whose label '{options.LabelColumnName}' is missing.");
         if (train.Count == 0)
             throw new ArgumentException($"The training data has no row with a label in '{options.LabelColumnName}'.", nameof(input));
-        channel.Info($"Read {train.Count} training images of {imageInput.Shape} in {clock.Elapsed.TotalSeconds:F1} s.");
+        channel.Info($"Decoded {train.Count} training images of {imageInput.Shape} in {clock.Elapsed.TotalSeconds:F1} s into a " +
+                     $"{(train.StoresBytes ? "byte" : "float32")} cache in '{train.Folder}'.");
 
         // One seed for everything random in this run: the held-out rows, the weights, the batch order, the samples.
         int seed = options.Seed ?? MLNetInternals.GetSeed(_host) ?? Random.Shared.Next();
-        using var validation = ReadValidation(input, imageInput, classCount, keyValues, trainData, seed, channel, CheckAlive, out var trainSet);
-        using var heldOutSplit = ReferenceEquals(trainSet, trainData) ? null : trainSet;
-        var (mean, deviation) = trainSet.ChannelStatistics();
+        var (trainSet, validation, mean, deviation) = SplitValidation(input, imageInput, classCount, keyValues, trainData, seed, channel, CheckAlive,
+            out var validationCache);
+        using var validationData = validationCache;
         for (int c = 0; c < deviation.Length; c++)
             deviation[c] = deviation[c] > 1e-6f && float.IsFinite(deviation[c]) ? deviation[c] : 1f;
-        trainSet.Normalize(mean, deviation);
-        validation?.Normalize(mean, deviation);
+        trainData.Standardize(mean, deviation);
+        validationCache?.Standardize(mean, deviation);
 
         var (gpu, fallback) = MLNetInternals.GetDeviceRequest(_host);
         var device = TorchDevices.Select(gpu, fallback);
@@ -327,14 +328,15 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
     }
 
     /// <summary>
-    /// The validation images (the ValidationSet, rows held out of <paramref name="train"/>, or none) and, in
-    /// <paramref name="trainPart"/>, the images to train on: <paramref name="train"/> itself unless rows were
-    /// held out, in which case a new dataset that the caller disposes.
+    /// Splits the run's images: the validation images (the ValidationSet, decoded into <paramref name="validationCache"/>
+    /// which the caller disposes; rows held out of <paramref name="train"/>; or none) and the images to train on, with
+    /// the per-channel statistics of the latter (from the decoding pass, or one pass over the kept rows).
     /// </summary>
-    private ImageDataset? ReadValidation(IDataView input, ImageInput imageInput, int classCount, LabelKeyValues? keyValues, ImageDataset train, int seed, IChannel channel, Action checkAlive,
-        out ImageDataset trainPart)
+    private (IImageSource Train, IImageSource? Validation, float[] Mean, float[] Deviation) SplitValidation(IDataView input, ImageInput imageInput,
+        int classCount, LabelKeyValues? keyValues, ImageCache train, int seed, IChannel channel, Action checkAlive, out ImageCache? validationCache)
     {
         var options = _options;
+        validationCache = null;
         if (options.ValidationSet is { } validationSet)
         {
             var label = validationSet.Schema.GetColumnOrNull(options.LabelColumnName);
@@ -348,10 +350,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                     $"(training: {Describe(keyValues)}; validation: {Describe(validationKeys)}): key k must mean the same class in both. " +
                     "Transform both with the same fitted MapValueToKey.");
             var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive);
+            validationCache = validation;
             if (skipped > 0)
                 channel.Warning($"Skipped {skipped} validation rows whose label is missing.");
-            trainPart = train;
-            return validation;
+            var (mean, deviation) = train.ChannelStatistics();
+            return (train, validation, mean, deviation);
         }
         if (options.ValidationFraction > 0)
         {
@@ -359,21 +362,20 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             if (held < 1 || held >= train.Count)
                 throw new ArgumentOutOfRangeException(nameof(options.ValidationFraction), options.ValidationFraction,
                     $"A validation fraction of {options.ValidationFraction} of {train.Count} rows leaves no validation or no training rows.");
-            using var scope = NewDisposeScope();
-            using var generator = new Generator(unchecked((ulong)seed), CPU);
-            var order = randperm(train.Count, generator: generator);
-            var validation = new ImageDataset(train.Images.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(),
-                train.Labels.index_select(0, order.narrow(0, 0, held)).DetachFromDisposeScope(), classCount);
-            trainPart = new ImageDataset(train.Images.index_select(0, order.narrow(0, held, train.Count - held)).DetachFromDisposeScope(),
-                train.Labels.index_select(0, order.narrow(0, held, train.Count - held)).DetachFromDisposeScope(), classCount);
+            long[] order;
+            using (var generator = new Generator(unchecked((ulong)seed), CPU))
+            using (var permutation = randperm(train.Count, generator: generator))
+                order = permutation.data<long>().ToArray();
+            var kept = order[(int)held..];
             channel.Info($"Holding out {held} of {train.Count} training images for validation.");
-            return validation;
+            var (mean, deviation) = train.ChannelStatistics(kept);
+            return (train.Subset(kept), train.Subset(order[..(int)held]), mean, deviation);
         }
         if (options.EarlyStoppingPatience > 0)
             throw new ArgumentOutOfRangeException(nameof(options.EarlyStoppingPatience), options.EarlyStoppingPatience,
                 "Early stopping needs a ValidationSet or a ValidationFraction above 0.");
-        trainPart = train;
-        return null;
+        var (allMean, allDeviation) = train.ChannelStatistics();
+        return (train, null, allMean, allDeviation);
     }
 
     private void CheckArchitectureFits(ImageShape shape)
