@@ -1,3 +1,4 @@
+using Microsoft.ML.Data;
 using Microsoft.ML.Decorrelation.Torch.Architectures;
 using Microsoft.ML.Decorrelation.Torch.Data;
 using Microsoft.ML.Decorrelation.Torch.Training;
@@ -154,5 +155,51 @@ public class ImageCacheTests : TempFolderTest
         Assert.ThrowsExactly<OperationCanceledException>(() => ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(cancelling)
             .Fit(keys.Transform(ml.Data.LoadFromEnumerable(rows))));
         CollectionAssert.AreEquivalent(before, Caches(), "after cancellation");
+    }
+
+    [TestMethod]
+    public void KeptCacheIsReusedForTheSameDataAndRebuiltForChangedOrDamagedData()
+    {
+        var ml = new MLContext(seed: 1);
+        var messages = new List<string>();
+        ml.Log += (_, e) =>
+        {
+            if (e.Message.Contains("image cache", StringComparison.Ordinal))
+                lock (messages) messages.Add(e.Kind + ": " + e.Message);
+        };
+        var rows = MLNetData.PixelRows(train: true, count: 200).ToArray();
+        var keys = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(rows));
+        string cacheDirectory = Path.Combine(TempFolder, "kept");
+        var options = new DecorrelatedImageClassificationTrainer.Options { MaxEpoch = 1, CacheDirectory = cacheDirectory, Seed = 4 };
+        float[] Scores(MLNetData.PixelRow[] data)
+        {
+            using var model = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(keys.Transform(ml.Data.LoadFromEnumerable(data)));
+            return model.Transform(keys.Transform(ml.Data.LoadFromEnumerable(rows.Take(5)))).GetColumn<float[]>("Score").SelectMany(s => s).ToArray();
+        }
+        string images = Path.Combine(cacheDirectory, "train", "images.bin");
+
+        var first = Scores(rows);
+        Assert.IsTrue(File.Exists(images), "the cache is kept");
+        var written = File.GetLastWriteTimeUtc(images);
+        CollectionAssert.AreEqual(first, Scores(rows), "the reused cache trains the same model");
+        Assert.AreEqual(written, File.GetLastWriteTimeUtc(images), "reused, not rewritten");
+        Assert.IsTrue(messages.Any(m => m.Contains("Reusing the image cache")), string.Join("\n", messages));
+
+        // The same labels and row count, one image changed: the fingerprint cannot see it, the re-decoded rows can (row 0 is one).
+        var changed = rows.Select(r => new MLNetData.PixelRow { Label = r.Label, Features = (float[])r.Features.Clone() }).ToArray();
+        changed[0].Features[400] = 255 - changed[0].Features[400];
+        Scores(changed);
+        Assert.IsTrue(messages.Any(m => m.Contains("re-decoded images differ")), string.Join("\n", messages));
+
+        // Other labels: another fingerprint.
+        var relabelled = changed.Select((r, i) => new MLNetData.PixelRow { Label = i == 3 ? "Bag" : r.Label, Features = r.Features }).ToArray();
+        Scores(relabelled);
+        Assert.IsTrue(messages.Any(m => m.Contains("made from other data")), string.Join("\n", messages));
+
+        File.WriteAllBytes(images, new byte[10]);   // truncated
+        Scores(relabelled);
+        Assert.IsTrue(messages.Any(m => m.StartsWith("Warning", StringComparison.Ordinal) && m.Contains("it is damaged")), string.Join("\n", messages));
+        using var rebuilt = ImageCache.Open(Path.Combine(cacheDirectory, "train"));
+        Assert.AreEqual(200, rebuilt.Count);
     }
 }

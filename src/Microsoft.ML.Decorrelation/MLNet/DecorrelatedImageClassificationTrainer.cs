@@ -159,6 +159,15 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         public bool ResumeFromCheckpoint;
 
         /// <summary>
+        /// A folder to keep the decoded images in (subfolders <c>train</c> and <c>validation</c>) and reuse in later Fits on
+        /// the same data, skipping the decoding; null (the default) decodes into a temporary folder deleted after Fit. A
+        /// cache is reused only when a fingerprint of the data (every row's labels, paths and other scalar columns, the
+        /// image shape and the feature column) matches and 16 re-decoded images equal the cached ones; otherwise it is
+        /// rebuilt. Delete the folder when image files change in place under the same names.
+        /// </summary>
+        public string? CacheDirectory;
+
+        /// <summary>
         /// How many times to recover from divergence (a non-finite loss or decorrelation matrix) by rolling back to
         /// the start of the epoch and halving the learning rates; 0 (the default) fails at the first divergence.
         /// </summary>
@@ -257,7 +266,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         void CheckAlive() => MLNetInternals.CheckAlive(_host);
 
         var clock = Stopwatch.StartNew();
-        var (train, skipped) = TrainingDataReader.Read(input, imageInput, options.LabelColumnName, classCount, CheckAlive);
+        var (train, skipped) = TrainingDataReader.Read(input, imageInput, options.LabelColumnName, classCount, CheckAlive,
+            options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "train") : null, channel.Info, channel.Warning);
         using var trainData = train;
         if (skipped > 0)
             channel.Warning($"Skipped {skipped} training rows whose label '{options.LabelColumnName}' is missing.");
@@ -349,7 +359,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                     $"The validation set's label column '{options.LabelColumnName}' maps keys to other values than the training data's " +
                     $"(training: {Describe(keyValues)}; validation: {Describe(validationKeys)}): key k must mean the same class in both. " +
                     "Transform both with the same fitted MapValueToKey.");
-            var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive);
+            var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive,
+                options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "validation") : null, channel.Info, channel.Warning);
             validationCache = validation;
             if (skipped > 0)
                 channel.Warning($"Skipped {skipped} validation rows whose label is missing.");
@@ -447,6 +458,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         Check(options.ValidationFraction >= 0 && options.ValidationFraction < 1, nameof(Options.ValidationFraction), options.ValidationFraction, "must lie in [0, 1).");
         Check(options.EarlyStoppingPatience >= 0, nameof(Options.EarlyStoppingPatience), options.EarlyStoppingPatience, "must not be negative.");
         Check(options.DivergenceRetries >= 0, nameof(Options.DivergenceRetries), options.DivergenceRetries, "must not be negative.");
+        Check(options.CacheDirectory is null || !string.IsNullOrWhiteSpace(options.CacheDirectory), nameof(Options.CacheDirectory), options.CacheDirectory ?? "",
+            "must name a folder, or be null for a temporary cache.");
         Check(!options.ResumeFromCheckpoint || !string.IsNullOrWhiteSpace(options.CheckpointPath), nameof(Options.ResumeFromCheckpoint), options.ResumeFromCheckpoint,
             "needs a CheckpointPath.");
         Check(Enum.IsDefined(options.LearningRateSchedule), nameof(Options.LearningRateSchedule), options.LearningRateSchedule, "unknown schedule.");
