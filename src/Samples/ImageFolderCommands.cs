@@ -60,6 +60,7 @@ internal static class ImageFolderCommands
         var ml = new MLContext(seed: 0);
         var data = ml.Data.ShuffleRows(ml.Data.LoadFromEnumerable(rows), seed: 0);
         var labels = ml.Transforms.Conversion.MapValueToKey("Label").Fit(data);
+        ProgressTask? decoding = null, training = null;
         var options = new DecorrelatedImageClassificationTrainer.Options
         {
             Architecture = architecture,
@@ -68,6 +69,17 @@ internal static class ImageFolderCommands
             UseDecorrelation = decorrelate,
             ValidationFraction = rows.Length >= 50 ? 0.1 : 0,
             MetricsCallback = m => console.MarkupLineInterpolated($"{m}"),
+            DecodingProgressCallback = p =>
+            {
+                decoding!.Value = p.Images;
+                decoding.Description = $"Decoding images ({p.Images / Math.Max(p.Seconds, 1e-3):F0}/s)";
+            },
+            ProgressCallback = p =>
+            {
+                training!.MaxValue = (double)p.BatchesPerEpoch * epochs;
+                training.Value = (double)(p.Epoch - 1) * p.BatchesPerEpoch + p.Batch;
+                training.Description = $"Epoch {p.Epoch}/{epochs}, loss {p.Loss:F3}";
+            },
         };
         // The saved pipeline starts from ImagePath alone, so predict needs no label column.
         var pipeline = ml.Transforms.LoadImages("Image", imageFolder: null, inputColumnName: "ImagePath")
@@ -75,7 +87,17 @@ internal static class ImageFolderCommands
             .Append(ml.Transforms.ExtractPixels("Features", "Image"))
             .Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options))
             .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
-        var model = pipeline.Fit(labels.Transform(data));
+        ITransformer model = null!;
+        console.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(context =>
+            {
+                decoding = context.AddTask("Decoding images", maxValue: rows.Length);
+                training = context.AddTask("Training", autoStart: true, maxValue: 1);
+                model = pipeline.Fit(labels.Transform(data));
+                decoding.Value = decoding.MaxValue;
+                training.Value = training.MaxValue;
+            });
         ml.Model.Save(model, data.Schema, modelFile.FullName);
         console.MarkupLineInterpolated($"Saved the model to {modelFile.FullName}.");
         return 0;

@@ -47,6 +47,7 @@ root.Subcommands.Add(ImageFolderCommands.Predict());
 root.Subcommands.Add(Bench.Create());
 root.Subcommands.Add(PipelineExample.Create());
 root.Subcommands.Add(OneDnnCost.Create());
+root.Subcommands.Add(CacheBench.Create());
 foreach (var command in NativeScan.Create())
     root.Subcommands.Add(command);
 return root.Parse(args).Invoke();

@@ -57,3 +57,9 @@ public sealed class DecorrelatedImageClassificationMetrics
 /// <param name="Loss">This batch's training loss.</param>
 /// <param name="Seconds">Training wall-clock seconds since the start of training.</param>
 public readonly record struct DecorrelatedImageClassificationProgress(int Epoch, int Batch, int BatchesPerEpoch, double Loss, double Seconds);
+
+/// <summary>Progress of the pass that decodes the training (or validation) images into the image cache.</summary>
+/// <param name="Images">Images decoded so far.</param>
+/// <param name="TotalRows">The input's row count when it knows it, else null.</param>
+/// <param name="Seconds">Seconds since the pass began.</param>
+public readonly record struct DecorrelatedImageClassificationDecodingProgress(long Images, long? TotalRows, double Seconds);

@@ -167,6 +167,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// </summary>
         public string? CacheDirectory;
 
+        /// <summary>Receives the progress of the pass that decodes the images into the cache (every 64 images), or null.</summary>
+        public Action<DecorrelatedImageClassificationDecodingProgress>? DecodingProgressCallback;
+
         /// <summary>
         /// How many times to recover from divergence (a non-finite loss or decorrelation matrix) by rolling back to
         /// the start of the epoch and halving the learning rates; 0 (the default) fails at the first divergence.
@@ -267,7 +270,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
 
         var clock = Stopwatch.StartNew();
         var (train, skipped) = TrainingDataReader.Read(input, imageInput, options.LabelColumnName, classCount, CheckAlive,
-            options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "train") : null, channel.Info, channel.Warning);
+            options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "train") : null, channel.Info, channel.Warning, options.DecodingProgressCallback);
         using var trainData = train;
         if (skipped > 0)
             channel.Warning($"Skipped {skipped} training rows whose label '{options.LabelColumnName}' is missing.");
@@ -360,7 +363,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                     $"(training: {Describe(keyValues)}; validation: {Describe(validationKeys)}): key k must mean the same class in both. " +
                     "Transform both with the same fitted MapValueToKey.");
             var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive,
-                options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "validation") : null, channel.Info, channel.Warning);
+                options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "validation") : null, channel.Info, channel.Warning, options.DecodingProgressCallback);
             validationCache = validation;
             if (skipped > 0)
                 channel.Warning($"Skipped {skipped} validation rows whose label is missing.");

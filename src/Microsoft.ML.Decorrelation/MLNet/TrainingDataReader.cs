@@ -30,16 +30,18 @@ internal static class TrainingDataReader
     /// <param name="cacheFolder">The folder to keep the cache in, or null for a temporary one.</param>
     /// <param name="log">Receives what happened to a kept cache: reused, or rebuilt and why.</param>
     /// <param name="warn">Receives that a kept cache was damaged and is rebuilt.</param>
+    /// <param name="progress">Receives the decoding pass's progress every 64 images, or null.</param>
     /// <returns>The images (pixels as read, not standardised; the cache holds their statistics) and the number of rows skipped.</returns>
     /// <exception cref="InvalidDataException">A pixel is not finite; the message names the column and the row.</exception>
     /// <exception cref="IOException">The cache cannot be written (full disk, unwritable folder); the message names the folder.</exception>
     public static (ImageCache Data, long SkippedRows) Read(IDataView data, ImageInput input, string labelColumn, int classCount, Action checkAlive,
-        string? cacheFolder = null, Action<string>? log = null, Action<string>? warn = null)
+        string? cacheFolder = null, Action<string>? log = null, Action<string>? warn = null,
+        Action<DecorrelatedImageClassificationDecodingProgress>? progress = null)
     {
         if (cacheFolder is null)
         {
             string temporary = Path.Combine(Path.GetTempPath(), "dbp-image-cache-" + Guid.NewGuid().ToString("N"));
-            return Decode(data, input, labelColumn, classCount, checkAlive, temporary, fingerprint: null, deleteOnDispose: true);
+            return Decode(data, input, labelColumn, classCount, checkAlive, temporary, fingerprint: null, deleteOnDispose: true, progress);
         }
         var (fingerprint, skipped) = Fingerprint(data, input, labelColumn, classCount, checkAlive);
         if (Directory.Exists(cacheFolder))
@@ -68,7 +70,7 @@ internal static class TrainingDataReader
         }
         // Built beside the old one and swapped in when complete: a failure leaves the old cache as it was.
         string building = cacheFolder.TrimEnd(Path.DirectorySeparatorChar) + ".building-" + Environment.ProcessId;
-        var (built, _) = Decode(data, input, labelColumn, classCount, checkAlive, building, fingerprint, deleteOnDispose: false);
+        var (built, _) = Decode(data, input, labelColumn, classCount, checkAlive, building, fingerprint, deleteOnDispose: false, progress);
         built.Dispose();
         if (Directory.Exists(cacheFolder))
             Directory.Delete(cacheFolder, recursive: true);
@@ -77,8 +79,10 @@ internal static class TrainingDataReader
     }
 
     private static (ImageCache Data, long SkippedRows) Decode(IDataView data, ImageInput input, string labelColumn, int classCount, Action checkAlive,
-        string folder, string? fingerprint, bool deleteOnDispose)
+        string folder, string? fingerprint, bool deleteOnDispose, Action<DecorrelatedImageClassificationDecodingProgress>? progress)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        long? total = data.GetRowCount();
         var label = data.Schema[labelColumn];
         var feature = input.FindColumn(data.Schema);
         var shape = input.Shape;
@@ -109,8 +113,11 @@ internal static class TrainingDataReader
                 {
                     throw new InvalidDataException($"Column '{input.ColumnName}', row {cursor.Position}: {e.Message}", e);
                 }
+                if (writer.Count % 64 == 0)
+                    progress?.Invoke(new(writer.Count, total, clock.Elapsed.TotalSeconds));
             }
         }
+        progress?.Invoke(new(writer.Count, total, clock.Elapsed.TotalSeconds));
         return (writer.Complete(fingerprint, deleteOnDispose), skipped);
     }
 

@@ -1,0 +1,202 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Microsoft.ML.Data;
+using Microsoft.ML.Decorrelation.Torch.Architectures;
+using Microsoft.ML.Decorrelation.Torch.Data;
+using Microsoft.ML.Decorrelation.Torch.Training;
+using Spectre.Console;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Decorrelation.Samples;
+
+/// <summary>
+/// Measures the streaming image cache (README, "Data larger than memory"): <c>cache-bench memory</c> trains on synthetic
+/// RGB sets of growing size, each in a child process, and reports the peak anonymous resident memory (RssAnon: not the
+/// cache's file-backed pages) against the image count; <c>cache-bench speed</c> trains the small CNN on Fashion-MNIST
+/// from memory and from the cache in alternating runs and reports the median ratio of steps per second.
+/// </summary>
+internal static class CacheBench
+{
+    public static System.CommandLine.Command Create()
+    {
+        var command = new System.CommandLine.Command("cache-bench", "Memory and speed of training from the decoded image cache.");
+        var counts = new Option<string>("--counts") { Description = "Comma-separated image counts of the memory runs.", DefaultValueFactory = _ => "10000,30000,100000" };
+        var size = new Option<int>("--size") { Description = "Height and width of the synthetic RGB images.", DefaultValueFactory = _ => 64 };
+        var steps = new Option<int>("--steps") { Description = "Training steps per memory run.", DefaultValueFactory = _ => 60 };
+        var memory = new System.CommandLine.Command("memory", "Peak RssAnon against the number of images (one child process per size).") { counts, size, steps };
+        memory.SetAction(result => Memory(result.GetValue(counts)!, result.GetValue(size), result.GetValue(steps)));
+        var count = new Option<int>("--count") { Required = true };
+        var child = new System.CommandLine.Command("memory-run", "One memory run (the child process of 'memory').") { Hidden = true };
+        child.Options.Add(count);
+        child.Options.Add(size);
+        child.Options.Add(steps);
+        child.SetAction(result => MemoryRun(result.GetValue(count), result.GetValue(size), result.GetValue(steps)));
+        var rounds = new Option<int>("--rounds") { Description = "Alternating pairs of one-epoch runs.", DefaultValueFactory = _ => 3 };
+        var speed = new System.CommandLine.Command("speed", "Steps per second from memory and from the cache, alternating, on Fashion-MNIST.") { rounds };
+        speed.SetAction(result => Speed(result.GetValue(rounds)));
+        command.Subcommands.Add(memory);
+        command.Subcommands.Add(child);
+        command.Subcommands.Add(speed);
+        return command;
+    }
+
+    private static int Memory(string counts, int size, int steps)
+    {
+        var table = new Table().AddColumns("images", "cache on disk (MB)", "decoding to first step (images/s)", "peak RssAnon (MB)");
+        var points = new List<(double Count, double Megabytes)>();
+        foreach (int count in counts.Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)))
+        {
+            AnsiConsole.MarkupLine($"[grey]{count} images of 3×{size}×{size}, {steps} steps…[/]");
+            var outcome = ChildProcessRunner.Run(typeof(CacheBench).Assembly.Location,
+                ["cache-bench", "memory-run", "--count", count.ToString(CultureInfo.InvariantCulture), "--size", size.ToString(CultureInfo.InvariantCulture), "--steps", steps.ToString(CultureInfo.InvariantCulture)],
+                null, TimeSpan.FromHours(1));
+            var line = outcome.Output.Split('\n').LastOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
+            if (outcome.ExitCode != 0 || line is null)
+            {
+                AnsiConsole.WriteLine($"run of {count} failed ({outcome.Describe()}):\n{outcome.Output}");
+                return 1;
+            }
+            var values = line.Split(' ').Skip(1).Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray();
+            points.Add((count, values[2]));
+            table.AddRow(count.ToString("N0", CultureInfo.InvariantCulture), values[0].ToString("F0", CultureInfo.InvariantCulture),
+                values[1].ToString("F0", CultureInfo.InvariantCulture), values[2].ToString("F0", CultureInfo.InvariantCulture));
+        }
+        AnsiConsole.Write(table);
+        double slope = (points[^1].Megabytes - points[0].Megabytes) / (points[^1].Count - points[0].Count) * 1000;
+        AnsiConsole.WriteLine($"RssAnon grows by {slope:F2} MB per 1,000 images (the images themselves take {3.0 * size * size / 1000:F1} MB per 1,000 as bytes); peak {points.Max(p => p.Megabytes):F0} MB.");
+        return 0;
+    }
+
+    private sealed class Row
+    {
+        public uint Label { get; set; }
+
+        public float[] Features { get; set; } = [];
+    }
+
+    /// <summary>Synthetic 8-bit RGB images produced while the cursor reads them: the data never sits in memory.</summary>
+    private static IEnumerable<Row> SyntheticImages(int count, int size)
+    {
+        var random = new Random(7);
+        var pixels = new byte[3 * size * size];
+        for (int i = 0; i < count; i++)
+        {
+            random.NextBytes(pixels);
+            yield return new Row { Label = (uint)(i % 10) + 1, Features = pixels.Select(p => (float)p).ToArray() };
+        }
+    }
+
+    private static int MemoryRun(int count, int size, int steps)
+    {
+        long peak = 0;
+        using var sampling = new CancellationTokenSource();
+        var sampler = Task.Run(async () =>
+        {
+            while (!sampling.IsCancellationRequested)
+            {
+                peak = Math.Max(peak, RssAnonKilobytes());
+                await Task.Delay(50);
+            }
+        });
+        var ml = new MLContext(seed: 1);
+        var schema = SchemaDefinition.Create(typeof(Row));
+        schema["Label"].ColumnType = new KeyDataViewType(typeof(uint), 10);
+        schema["Features"].ColumnType = new VectorDataViewType(NumberDataViewType.Single, 3, size, size);
+        var data = ml.Data.LoadFromEnumerable(SyntheticImages(count, size), schema);
+        string cache = Path.Combine(Path.GetTempPath(), "dbp-cache-bench-" + Environment.ProcessId);
+        var clock = Stopwatch.StartNew();
+        double cachingSeconds = 0;
+        var options = new DecorrelatedImageClassificationTrainer.Options
+        {
+            MaxEpoch = 1, BatchSize = 64, CacheDirectory = cache,
+            ProgressCallback = p =>
+            {
+                if (cachingSeconds == 0)
+                    cachingSeconds = clock.Elapsed.TotalSeconds;
+                if (p.Batch >= steps)
+                    throw new OperationCanceledException("enough steps");
+            },
+        };
+        try
+        {
+            ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(data).Dispose();
+        }
+        catch (OperationCanceledException)
+        {
+            // The measured number of steps is done.
+        }
+        sampling.Cancel();
+        sampler.Wait();
+        long diskBytes = new DirectoryInfo(cache).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
+        Directory.Delete(cache, recursive: true);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT {diskBytes / 1e6} {count / cachingSeconds} {peak / 1024.0}"));
+        return 0;
+    }
+
+    private static long RssAnonKilobytes()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+        {
+            if (line.StartsWith("RssAnon:", StringComparison.Ordinal))
+                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
+        }
+        return 0;
+    }
+
+    private static int Speed(int rounds)
+    {
+        var source = new FashionMnistSource().Locate(null);
+        AnsiConsole.WriteLine($"Data: {source.Description}; CPU: {CpuModel()}");
+        using var memory = FashionMnistSource.Load(source, train: true);
+        var pixels = memory.Images.mul(255).round_().data<float>().ToArray();
+        int size = 784;
+        string folder = Path.Combine(Path.GetTempPath(), "dbp-cache-speed-" + Environment.ProcessId);
+        ImageCache cache;
+        using (var writer = new ImageCacheWriter(folder, 1, 28, 28, 10))
+        {
+            var labels = memory.Labels.data<long>().ToArray();
+            for (int i = 0; i < labels.Length; i++)
+                writer.Append(pixels.AsSpan(i * size, size), (int)labels[i]);
+            cache = writer.Complete(deleteOnDispose: true);
+        }
+        using (cache)
+        using (var bytes = new ImageDataset(tensor(pixels, [pixels.Length / size, 1, 28, 28]), memory.Labels.clone(), 10))
+        {
+            var (mean, deviation) = cache.ChannelStatistics();
+            bytes.Normalize(mean, deviation);
+            cache.Standardize(mean, deviation);
+            var options = new TrainingOptions { Epochs = 1, BatchSize = 128, Threads = 2, Seed = 1, Decorrelation = new() };
+            double StepsPerSecond(IImageSource data)
+            {
+                using var network = NetworkTrainer.CreateNetwork(d => NetworkBuilder.SmallCnn(1, 28, 28, 10, d), options, decorrelated: true);
+                var history = new NetworkTrainer(options).Train(network, data);
+                return history[^1].Step / history[^1].TrainingSeconds;
+            }
+            var ratios = new List<double>();
+            for (int round = 0; round < rounds; round++)
+            {
+                // Alternate which goes first, so that drift of the machine hits both alike.
+                double fromMemory, fromCache;
+                if (round % 2 == 0)
+                {
+                    fromMemory = StepsPerSecond(bytes);
+                    fromCache = StepsPerSecond(cache);
+                }
+                else
+                {
+                    fromCache = StepsPerSecond(cache);
+                    fromMemory = StepsPerSecond(bytes);
+                }
+                ratios.Add(fromCache / fromMemory);
+                AnsiConsole.WriteLine(string.Create(CultureInfo.InvariantCulture, $"round {round + 1}: in memory {fromMemory:F2} steps/s, from the cache {fromCache:F2} steps/s, ratio {fromCache / fromMemory:F3}"));
+            }
+            ratios.Sort();
+            AnsiConsole.WriteLine(string.Create(CultureInfo.InvariantCulture, $"median ratio (cache / memory) over {rounds} rounds: {ratios[ratios.Count / 2]:F3} (goal ≥ 0.95)"));
+        }
+        return 0;
+    }
+
+    private static string CpuModel()
+        => File.Exists("/proc/cpuinfo") ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "?" : "?";
+}
