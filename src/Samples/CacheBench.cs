@@ -24,32 +24,39 @@ internal static class CacheBench
         var counts = new Option<string>("--counts") { Description = "Comma-separated image counts of the memory runs.", DefaultValueFactory = _ => "10000,30000,100000" };
         var size = new Option<int>("--size") { Description = "Height and width of the synthetic RGB images.", DefaultValueFactory = _ => 64 };
         var steps = new Option<int>("--steps") { Description = "Training steps per memory run.", DefaultValueFactory = _ => 60 };
-        var memory = new System.CommandLine.Command("memory", "Peak RssAnon against the number of images (one child process per size).") { counts, size, steps };
-        memory.SetAction(result => Memory(result.GetValue(counts)!, result.GetValue(size), result.GetValue(steps)));
+        var architecture = new Option<CnnArchitecture>("--arch") { Description = "Network of the memory runs.", DefaultValueFactory = _ => CnnArchitecture.SmallCnn };
+        var memory = new System.CommandLine.Command("memory", "Peak RssAnon against the number of images (one child process per size).") { counts, size, steps, architecture };
+        memory.SetAction(result => Memory(result.GetValue(counts)!, result.GetValue(size), result.GetValue(steps), result.GetValue(architecture)));
         var count = new Option<int>("--count") { Required = true };
         var child = new System.CommandLine.Command("memory-run", "One memory run (the child process of 'memory').") { Hidden = true };
         child.Options.Add(count);
         child.Options.Add(size);
         child.Options.Add(steps);
-        child.SetAction(result => MemoryRun(result.GetValue(count), result.GetValue(size), result.GetValue(steps)));
+        child.Options.Add(architecture);
+        child.SetAction(result => MemoryRun(result.GetValue(count), result.GetValue(size), result.GetValue(steps), result.GetValue(architecture)));
         var rounds = new Option<int>("--rounds") { Description = "Alternating pairs of one-epoch runs.", DefaultValueFactory = _ => 3 };
         var speed = new System.CommandLine.Command("speed", "Steps per second from memory and from the cache, alternating, on Fashion-MNIST.") { rounds };
         speed.SetAction(result => Speed(result.GetValue(rounds)));
+        var decodeCount = new Option<int>("--count") { Description = "Images written and decoded.", DefaultValueFactory = _ => 20000 };
+        var decode = new System.CommandLine.Command("decode", "Decoding pass over PNG and JPEG folders (images/s), then a second Fit that reuses the kept cache.") { decodeCount };
+        decode.SetAction(result => Decode(result.GetValue(decodeCount)));
+        command.Subcommands.Add(decode);
         command.Subcommands.Add(memory);
         command.Subcommands.Add(child);
         command.Subcommands.Add(speed);
         return command;
     }
 
-    private static int Memory(string counts, int size, int steps)
+    private static int Memory(string counts, int size, int steps, CnnArchitecture architecture)
     {
         var table = new Table().AddColumns("images", "cache on disk (MB)", "decoding to first step (images/s)", "peak RssAnon (MB)");
         var points = new List<(double Count, double Megabytes)>();
         foreach (int count in counts.Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)))
         {
-            AnsiConsole.MarkupLine($"[grey]{count} images of 3×{size}×{size}, {steps} steps…[/]");
+            AnsiConsole.MarkupLine($"[grey]{count} images of 3×{size}×{size}, {architecture}, {steps} steps…[/]");
             var outcome = ChildProcessRunner.Run(typeof(CacheBench).Assembly.Location,
-                ["cache-bench", "memory-run", "--count", count.ToString(CultureInfo.InvariantCulture), "--size", size.ToString(CultureInfo.InvariantCulture), "--steps", steps.ToString(CultureInfo.InvariantCulture)],
+                ["cache-bench", "memory-run", "--count", count.ToString(CultureInfo.InvariantCulture), "--size", size.ToString(CultureInfo.InvariantCulture),
+                 "--steps", steps.ToString(CultureInfo.InvariantCulture), "--arch", architecture.ToString()],
                 null, TimeSpan.FromHours(1));
             var line = outcome.Output.Split('\n').LastOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
             if (outcome.ExitCode != 0 || line is null)
@@ -87,7 +94,7 @@ internal static class CacheBench
         }
     }
 
-    private static int MemoryRun(int count, int size, int steps)
+    private static int MemoryRun(int count, int size, int steps, CnnArchitecture architecture = CnnArchitecture.SmallCnn)
     {
         long peak = 0;
         using var sampling = new CancellationTokenSource();
@@ -109,7 +116,7 @@ internal static class CacheBench
         double cachingSeconds = 0;
         var options = new DecorrelatedImageClassificationTrainer.Options
         {
-            MaxEpoch = 1, BatchSize = 64, CacheDirectory = cache,
+            MaxEpoch = 1, BatchSize = architecture == CnnArchitecture.SmallCnn ? 64 : 16, CacheDirectory = cache, Architecture = architecture,
             ProgressCallback = p =>
             {
                 if (cachingSeconds == 0)
@@ -194,6 +201,88 @@ internal static class CacheBench
             ratios.Sort();
             AnsiConsole.WriteLine(string.Create(CultureInfo.InvariantCulture, $"median ratio (cache / memory) over {rounds} rounds: {ratios[ratios.Count / 2]:F3} (goal ≥ 0.95)"));
         }
+        return 0;
+    }
+
+    private sealed class PathRow
+    {
+        public string ImagePath { get; set; } = "";
+
+        public string Label { get; set; } = "";
+    }
+
+    /// <summary>Writes Fashion-MNIST images as RGB PNG and JPEG files, then times the decoding pass and its reuse.</summary>
+    private static int Decode(int count)
+    {
+        var source = new FashionMnistSource().Locate(null);
+        using var data = FashionMnistSource.Load(source, train: true, limit: count);
+        var pixels = data.Images.mul(255).round_().to(ScalarType.Byte).data<byte>().ToArray();
+        var labels = data.Labels.data<long>().ToArray();
+        AnsiConsole.WriteLine($"CPU: {CpuModel()}; {labels.Length} images of {source.Description}, written as 3×28×28 files");
+        var table = new Table().AddColumns("format", "first Fit: decoding (images/s)", "first Fit to first step (s)", "second Fit, reusing (s)");
+        foreach (var format in new[] { "png", "jpg" })
+        {
+            string folder = Path.Combine(Path.GetTempPath(), $"dbp-decode-bench-{Environment.ProcessId}-{format}");
+            Directory.CreateDirectory(folder);
+            try
+            {
+                var rows = new PathRow[labels.Length];
+                var rgba = new byte[28 * 28 * 4];
+                for (int i = 0; i < rows.Length; i++)
+                {
+                    for (int p = 0; p < 784; p++)
+                    {
+                        rgba[4 * p] = rgba[4 * p + 1] = rgba[4 * p + 2] = pixels[i * 784 + p];
+                        rgba[4 * p + 3] = 255;
+                    }
+                    rows[i] = new PathRow { ImagePath = $"{i}.{format}", Label = labels[i].ToString(CultureInfo.InvariantCulture) };
+                    using var image = MLImage.CreateFromPixels(28, 28, MLPixelFormat.Rgba32, rgba);
+                    image.Save(Path.Combine(folder, rows[i].ImagePath));
+                }
+                var ml = new MLContext(seed: 1);
+                var input = ml.Data.LoadFromEnumerable(rows);
+                var keyed = ml.Transforms.Conversion.MapValueToKey("Label").Fit(input).Transform(input);
+                double decodingRate = 0;
+                (double ToFirstStep, double Rate) FitOnce()
+                {
+                    var clock = Stopwatch.StartNew();
+                    double firstStep = 0;
+                    var options = new DecorrelatedImageClassificationTrainer.Options
+                    {
+                        MaxEpoch = 1, CacheDirectory = Path.Combine(folder, "cache"),
+                        DecodingProgressCallback = p => decodingRate = p.Images / Math.Max(p.Seconds, 1e-3),
+                        ProgressCallback = _ =>
+                        {
+                            firstStep = clock.Elapsed.TotalSeconds;
+                            throw new OperationCanceledException("timed up to the first step");
+                        },
+                    };
+                    var pipeline = ml.Transforms.LoadImages("Image", folder, "ImagePath")
+                        .Append(ml.Transforms.ResizeImages("Image", 28, 28))
+                        .Append(ml.Transforms.ExtractPixels("Features", "Image"))
+                        .Append(ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options));
+                    try
+                    {
+                        pipeline.Fit(keyed);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        // Timed up to the first step.
+                    }
+                    return (firstStep, decodingRate);
+                }
+                var first = FitOnce();
+                decodingRate = 0;
+                var second = FitOnce();
+                table.AddRow(format, first.Rate.ToString("F0", CultureInfo.InvariantCulture), first.ToFirstStep.ToString("F1", CultureInfo.InvariantCulture),
+                    second.ToFirstStep.ToString("F1", CultureInfo.InvariantCulture) + (second.Rate > 0 ? " (decoded again!)" : ""));
+            }
+            finally
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+        AnsiConsole.Write(table);
         return 0;
     }
 
