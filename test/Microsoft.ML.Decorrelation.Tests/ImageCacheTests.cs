@@ -26,6 +26,9 @@ public class ImageCacheTests : TempFolderTest
         return Enumerable.Range(0, count).Select(_ => Enumerable.Range(0, size).Select(_ => value(random)).ToArray()).ToArray();
     }
 
+    /// <summary>The trainer's temporary caches that exist now.</summary>
+    private static string[] Caches() => Directory.GetDirectories(Path.GetTempPath(), "dbp-image-cache-*");
+
     private static float[] Row(IImageSource source, long row)
     {
         var (images, labels) = source.Read([row]);
@@ -135,7 +138,6 @@ public class ImageCacheTests : TempFolderTest
     [TestMethod]
     public void TrainerDeletesItsCacheAfterSuccessFailureAndCancellation()
     {
-        static string[] Caches() => Directory.GetDirectories(Path.GetTempPath(), "dbp-image-cache-*");
         var before = Caches();
         var ml = new MLContext(seed: 1);
         var rows = MLNetData.PixelRows(train: true, count: 300).ToArray();
@@ -256,7 +258,6 @@ public class ImageCacheTests : TempFolderTest
     [TestMethod]
     public void CancellingTheDecodingPassLeavesNoCache()
     {
-        static string[] Caches() => Directory.GetDirectories(Path.GetTempPath(), "dbp-image-cache-*");
         var before = Caches();
         var ml = new MLContext(seed: 1);
         var rows = MLNetData.PixelRows(train: true, count: 600).ToArray();
