@@ -1,0 +1,103 @@
+using Microsoft.ML.Decorrelation.Selection;
+using Microsoft.VisualStudio.TestTools.UnitTesting;
+
+namespace Microsoft.ML.Decorrelation.Tests;
+
+/// <summary>The model-selection scheduler's decisions on a fake trial runner (no training).</summary>
+[TestClass]
+public class SuccessiveHalvingTests
+{
+    /// <summary>Runs the search with one worker: each work item reports <paramref name="metric"/>(trial, epochs); returns the work done.</summary>
+    private static List<TrialWork> RunSequentially(AsynchronousSuccessiveHalving search, Func<int, int, double> metric, ISet<int>? failing = null)
+    {
+        var done = new List<TrialWork>();
+        while (search.Next() is TrialWork work)
+        {
+            if (failing?.Contains(work.Trial) == true)
+                search.ReportFailure(work);
+            else
+                search.Report(work, metric(work.Trial, work.Epochs));
+            done.Add(work);
+        }
+        Assert.IsTrue(search.IsFinished);
+        return done;
+    }
+
+    [TestMethod]
+    public void RungsGrowByTheReductionFactorUpToTheFullRun()
+    {
+        CollectionAssert.AreEqual(new[] { 1, 3, 9 }, new AsynchronousSuccessiveHalving(9, 1, 9).Rungs.ToArray());
+        CollectionAssert.AreEqual(new[] { 2, 4, 6 }, new AsynchronousSuccessiveHalving(9, 2, 6, reductionFactor: 2).Rungs.ToArray());
+        CollectionAssert.AreEqual(new[] { 6 }, new AsynchronousSuccessiveHalving(3, 6, 6).Rungs.ToArray());
+    }
+
+    [TestMethod]
+    public void EveryPromotionIsInTheTopThirdOfItsRungWhenMadeAndTheBestTrialRunsInFull()
+    {
+        // A fixed pseudo-random quality per trial, a little better with more epochs.
+        var quality = Enumerable.Range(0, 27).Select(t => new Random(t * 7919).NextDouble()).ToArray();
+        double Metric(int trial, int epochs) => quality[trial] + epochs / 1000.0;
+        var work = RunSequentially(new AsynchronousSuccessiveHalving(27, 1, 9), Metric);
+
+        for (int i = 0; i < work.Count; i++)
+        {
+            var w = work[i];
+            if (w.Rung == 0)
+                continue;
+            // What the lower rung had reported when this promotion was handed out (one worker: everything before it).
+            int lowerEpochs = new[] { 1, 3, 9 }[w.Rung - 1];
+            var lower = work.Take(i).Where(x => x.Rung == w.Rung - 1).Select(x => (x.Trial, Metric: Metric(x.Trial, lowerEpochs))).ToList();
+            var top = lower.OrderByDescending(x => x.Metric).Take(lower.Count / 3).Select(x => x.Trial).ToList();
+            CollectionAssert.Contains(top, w.Trial, $"promotion {w} made from {lower.Count} results whose top third is {string.Join(", ", top)}");
+        }
+        Assert.AreEqual(27, work.Count(w => w.Rung == 0), "every trial started");
+        for (int rung = 0; rung < 2; rung++)
+        {
+            // Once everything has reported, the final top third of each rung has been promoted (earlier leaders may be too).
+            int epochs = new[] { 1, 3 }[rung];
+            var reported = work.Where(w => w.Rung == rung).Select(w => w.Trial).ToList();
+            var finalTop = reported.OrderByDescending(t => Metric(t, epochs)).Take(reported.Count / 3);
+            var promoted = work.Where(w => w.Rung == rung + 1).Select(w => w.Trial).ToHashSet();
+            Assert.IsTrue(finalTop.All(promoted.Contains), $"rung {rung}: top {string.Join(", ", finalTop)}, promoted {string.Join(", ", promoted)}");
+            Assert.IsLessThan(reported.Count / 2, promoted.Count, $"rung {rung}: promotions stay near a third ({promoted.Count} of {reported.Count})");
+        }
+        int best = Enumerable.Range(0, 27).MaxBy(t => quality[t]);
+        Assert.IsTrue(work.Contains(new TrialWork(best, 2, 9)), "the best trial runs its full 9 epochs");
+        CollectionAssert.AreEqual(work, RunSequentially(new AsynchronousSuccessiveHalving(27, 1, 9), Metric), "the same reports give the same decisions");
+    }
+
+    [TestMethod]
+    public void FailedTrialsAreRecordedAndNeverPromoted()
+    {
+        var search = new AsynchronousSuccessiveHalving(6, 1, 3);
+        var work = RunSequentially(search, (trial, _) => trial, failing: new HashSet<int> { 5, 2 });
+        Assert.IsFalse(work.Any(w => w.Rung > 0 && (w.Trial == 5 || w.Trial == 2)), string.Join(", ", work));
+        Assert.AreEqual(2, work.Count(w => w.Rung == 1), "two of six reported results promote; failures take no place");
+        Assert.AreEqual(6, search.StartedTrials);
+    }
+
+    [TestMethod]
+    public void ParallelWorkersWaitWhenNothingCanStartAndDecisionsFollowTheReportOrder()
+    {
+        var search = new AsynchronousSuccessiveHalving(3, 1, 3);
+        var a = search.Next()!.Value;
+        var b = search.Next()!.Value;
+        var c = search.Next()!.Value;
+        Assert.IsNull(search.Next(), "all trials started and none reported: a free worker waits");
+        Assert.IsFalse(search.IsFinished);
+        search.Report(b, 0.9);
+        search.Report(a, 0.5);
+        Assert.IsNull(search.Next(), "two results: the top third is empty");
+        search.Report(c, 0.7);
+        Assert.AreEqual(new TrialWork(b.Trial, 1, 3), search.Next());
+        Assert.ThrowsExactly<InvalidOperationException>(() => search.Report(a, 0.1), "a finished trial cannot report again");
+    }
+
+    [TestMethod]
+    public void BadSettingsAreRejectedNamingTheSetting()
+    {
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new AsynchronousSuccessiveHalving(0, 1, 3)).ParamName, "maxTrials");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new AsynchronousSuccessiveHalving(3, 4, 3)).Message, "lowest rung");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new AsynchronousSuccessiveHalving(3, 1, 3, 1)).ParamName, "reductionFactor");
+    }
+}
