@@ -1,3 +1,4 @@
+using Microsoft.ML.Data;
 using Microsoft.ML.Decorrelation.Selection;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
 
@@ -99,5 +100,67 @@ public class SuccessiveHalvingTests
         StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new AsynchronousSuccessiveHalving(0, 1, 3)).ParamName, "maxTrials");
         StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new AsynchronousSuccessiveHalving(3, 4, 3)).Message, "lowest rung");
         StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new AsynchronousSuccessiveHalving(3, 1, 3, 1)).ParamName, "reductionFactor");
+    }
+
+    [TestMethod]
+    public void TinyExperimentFindsASavableModelAndPromotedTrialsEndLikePlainRuns()
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = MLNetData.PixelRows(train: true, count: 1200).ToArray();
+        var keys = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(rows));
+        var train = keys.Transform(ml.Data.LoadFromEnumerable(rows.Take(1000)));
+        var validation = keys.Transform(ml.Data.LoadFromEnumerable(rows.Skip(1000)));
+        var progress = new List<string>();
+        var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+        {
+            MaxTrials = 4, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 2, Seed = 3,
+            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
+            Progress = t => progress.Add(t.ToString()),
+        });
+        var result = experiment.Execute(train, validation);
+        using var best = result.BestModel;
+        Console.WriteLine(string.Join("\n", result.Trials));
+
+        Assert.HasCount(4, result.Trials);
+        Assert.IsTrue(result.Trials.Count(t => t.State == TrialState.Completed) >= 2, "the top half of 4 reaches the full run");
+        Assert.AreEqual(TrialState.Completed, result.BestTrial.State);
+        Assert.AreEqual(result.Trials.Where(t => t.State == TrialState.Completed).Max(t => t.ValidationAccuracy), result.BestTrial.ValidationAccuracy);
+        Assert.IsNotEmpty(progress);
+
+        // The returned model scores the validation set as its trial reported it.
+        var evaluation = ml.MulticlassClassification.Evaluate(best.Transform(validation));
+        Assert.AreEqual(result.BestTrial.ValidationAccuracy, evaluation.MicroAccuracy, 1e-9);
+
+        // A promoted trial resumed from its rung's checkpoint ends exactly where a plain run of the same options does.
+        var options = result.BestTrial.Options.Clone();
+        options.MaxEpoch = 2;
+        options.Seed = 3 + result.BestTrial.Trial;
+        options.ValidationSet = validation;
+        using var plain = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(train);
+        Assert.AreEqual(evaluation.MicroAccuracy, ml.MulticlassClassification.Evaluate(plain.Transform(validation)).MicroAccuracy, 1e-12);
+        CollectionAssert.AreEqual(best.Transform(validation).GetColumn<float[]>("Score").SelectMany(x => x).ToArray(),
+            plain.Transform(validation).GetColumn<float[]>("Score").SelectMany(x => x).ToArray(), "bit for bit");
+
+        // Saves and loads like any model.
+        var path = Path.Combine(Path.GetTempPath(), $"dbp-experiment-{Guid.NewGuid():N}.zip");
+        try
+        {
+            ml.Model.Save(best, validation.Schema, path);
+            var loaded = ml.Model.Load(path, out _);
+            Assert.AreEqual(evaluation.MicroAccuracy, ml.MulticlassClassification.Evaluate(loaded.Transform(validation)).MicroAccuracy, 1e-12);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [TestMethod]
+    public void EmptySearchSpaceIsRejectedNamingTheSetting()
+    {
+        var error = Assert.ThrowsExactly<ArgumentException>(() => new DecorrelatedImageClassificationExperiment(new MLContext(),
+            new DecorrelatedImageClassificationExperiment.Settings { SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = [] } }));
+        StringAssert.Contains(error.Message, "Search space UseDecorrelation is empty");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => new ImageClassificationSearchSpace { LearningRate = (1e-2, 1e-3) }.Validate()).Message, "LearningRate");
     }
 }

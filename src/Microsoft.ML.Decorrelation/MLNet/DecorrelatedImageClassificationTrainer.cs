@@ -32,6 +32,9 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
     /// <summary>Options of <see cref="DecorrelatedImageClassificationTrainer"/>.</summary>
     public sealed class Options
     {
+        /// <summary>A shallow copy (callbacks and data views are shared).</summary>
+        internal Options Clone() => (Options)MemberwiseClone();
+
         /// <summary>The label column: a key type. Default "Label".</summary>
         public string LabelColumnName = "Label";
 

@@ -1,0 +1,245 @@
+using System.Diagnostics;
+
+namespace Microsoft.ML.Decorrelation.Selection;
+
+/// <summary>
+/// Model selection in the AutoML manner: samples configurations of <see cref="DecorrelatedImageClassificationTrainer"/>
+/// from a <see cref="ImageClassificationSearchSpace"/> (DBP and backprop side by side), runs them by asynchronous successive halving
+/// (<see cref="AsynchronousSuccessiveHalving"/>) within a trial and time budget, and returns the best fitted model with a
+/// leaderboard of every trial.
+/// </summary>
+/// <remarks>
+/// Every trial is defined by its full run (<see cref="Settings.MaxEpochs"/> epochs, so the step schedule decays where a
+/// plain run's would); a rung stops it after the rung's epochs at a checkpoint, and a promotion resumes from that
+/// checkpoint, so a trial that reaches the top rung ends exactly where a plain run of the same options would. The trials
+/// share one decoded image cache: the data is decoded by the first trial and reused by the others. Trials run one after
+/// the other in this process. Not built yet (issue 22): a study journal, several workers, resuming a killed experiment.
+/// </remarks>
+public sealed class DecorrelatedImageClassificationExperiment
+{
+    private readonly MLContext _context;
+    private readonly Settings _settings;
+
+    /// <summary>What an experiment searches and how long.</summary>
+    public sealed class Settings
+    {
+        /// <summary>Trials to start at most. Default 9.</summary>
+        public int MaxTrials { get; set; } = 9;
+
+        /// <summary>Epochs of the lowest rung. Default 1.</summary>
+        public int MinEpochs { get; set; } = 1;
+
+        /// <summary>Epochs of a full run (the top rung). Default 6, the trainer's.</summary>
+        public int MaxEpochs { get; set; } = 6;
+
+        /// <summary>η: the top 1/η of a rung is promoted. Default 3.</summary>
+        public int ReductionFactor { get; set; } = 3;
+
+        /// <summary>Stop starting work after this long (a running trial finishes its rung); null for no limit.</summary>
+        public TimeSpan? TimeBudget { get; set; }
+
+        /// <summary>The configurations to sample.</summary>
+        public ImageClassificationSearchSpace SearchSpace { get; set; } = new();
+
+        /// <summary>Options every trial shares (columns, image size); the search space's settings override theirs.</summary>
+        public DecorrelatedImageClassificationTrainer.Options BaseOptions { get; set; } = new();
+
+        /// <summary>Seed of the sampling and of every trial. Default 0.</summary>
+        public int Seed { get; set; }
+
+        /// <summary>Folder for the shared cache and the trials' checkpoints; a new temporary folder (deleted afterwards) when null.</summary>
+        public string? WorkFolder { get; set; }
+
+        /// <summary>Receives each trial's record whenever it changes.</summary>
+        public Action<TrialRecord>? Progress { get; set; }
+    }
+
+    /// <summary>Creates an experiment in <paramref name="context"/>.</summary>
+    public DecorrelatedImageClassificationExperiment(MLContext context, Settings settings)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(settings);
+        settings.SearchSpace.Validate();
+        _ = new AsynchronousSuccessiveHalving(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
+        if (settings.TimeBudget is { } budget && budget <= TimeSpan.Zero)
+            throw new ArgumentOutOfRangeException(nameof(settings), budget, "Settings.TimeBudget must be positive.");
+        _context = context;
+        _settings = settings;
+    }
+
+    /// <summary>Runs the search: trains on <paramref name="train"/>, ranks by accuracy on <paramref name="validation"/>.</summary>
+    /// <param name="train">Training rows with a key label column and the feature column, as the trainer takes them.</param>
+    /// <param name="validation">Validation rows, transformed by the same label mapping.</param>
+    /// <param name="cancellation">Stops the search between steps.</param>
+    /// <exception cref="InvalidOperationException">No trial finished its full run within the budget.</exception>
+    public ExperimentResult Execute(IDataView train, IDataView validation, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(validation);
+        var settings = _settings;
+        string folder = settings.WorkFolder ?? Path.Combine(Path.GetTempPath(), "dbp-experiment-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(folder);
+        try
+        {
+            var search = new AsynchronousSuccessiveHalving(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
+            var random = new Random(settings.Seed);
+            var trials = new List<TrialRecord>();
+            DecorrelatedImageClassificationTransformer? best = null;
+            double bestAccuracy = double.NegativeInfinity;
+            var clock = Stopwatch.StartNew();
+            while (!cancellation.IsCancellationRequested && (settings.TimeBudget is not { } budget || clock.Elapsed < budget) && search.Next() is TrialWork work)
+            {
+                if (work.Rung == 0)
+                {
+                    var options = settings.SearchSpace.Sample(random, settings.BaseOptions);
+                    trials.Add(new TrialRecord(work.Trial, options));
+                }
+                var trial = trials[work.Trial];
+                var model = RunRung(trial, work, train, validation, folder, cancellation);
+                if (trial.State == TrialState.Failed)
+                    search.ReportFailure(work);
+                else
+                    search.Report(work, trial.ValidationAccuracy);
+                if (model is not null && (best is null || trial.ValidationAccuracy > bestAccuracy))
+                {
+                    best?.Dispose();
+                    (best, bestAccuracy) = (model, trial.ValidationAccuracy);
+                }
+                else
+                {
+                    model?.Dispose();
+                }
+                settings.Progress?.Invoke(trial);
+            }
+            cancellation.ThrowIfCancellationRequested();
+            var completed = trials.Where(t => t.State == TrialState.Completed).ToList();
+            if (best is null || completed.Count == 0)
+                throw new InvalidOperationException($"No trial finished its full {settings.MaxEpochs} epochs within the budget ({trials.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
+            var bestTrial = completed.MaxBy(t => t.ValidationAccuracy)!;
+            return new ExperimentResult(best, bestTrial, trials, clock.Elapsed);
+        }
+        finally
+        {
+            if (settings.WorkFolder is null && Directory.Exists(folder))
+                Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    /// <summary>Thrown inside a trial's Fit to end it at its rung; the checkpoint of the rung's last epoch is on disk.</summary>
+    private sealed class RungReachedException() : Exception("The trial reached its rung.");
+
+    private DecorrelatedImageClassificationTransformer? RunRung(TrialRecord trial, TrialWork work, IDataView train, IDataView validation, string folder,
+        CancellationToken cancellation)
+    {
+        var options = trial.Options.Clone();
+        options.MaxEpoch = _settings.MaxEpochs;
+        options.Seed = _settings.Seed + trial.Trial;
+        options.ValidationSet = validation;
+        options.ValidationFraction = 0;
+        options.CacheDirectory = Path.Combine(folder, "cache");
+        options.CheckpointPath = Path.Combine(folder, $"trial-{trial.Trial}.checkpoint");
+        options.ResumeFromCheckpoint = true;
+        options.MetricsCallback = m =>
+        {
+            trial.Curve.Add((m.Epoch, m.ValidationAccuracy ?? double.NaN, m.Seconds));
+            trial.EpochsRun = (int)Math.Round(m.Epoch);
+            trial.ValidationAccuracy = m.ValidationAccuracy ?? double.NaN;
+        };
+        options.ProgressCallback = p =>
+        {
+            cancellation.ThrowIfCancellationRequested();
+            if (p.Epoch > work.Epochs)
+                throw new RungReachedException();
+        };
+        trial.State = TrialState.Running;
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            var model = _context.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(train);
+            trial.State = TrialState.Completed;
+            return model;
+        }
+        catch (RungReachedException)
+        {
+            trial.State = TrialState.Stopped;
+            return null;
+        }
+        catch (Exception e) when (e is Torch.TrainingDivergedException or InvalidOperationException or ArgumentException or IOException)
+        {
+            trial.State = TrialState.Failed;
+            trial.Error = e.Message;
+            return null;
+        }
+        finally
+        {
+            trial.Seconds += clock.Elapsed.TotalSeconds;
+            trial.Rung = work.Rung;
+        }
+    }
+}
+
+/// <summary>Where a trial stands.</summary>
+public enum TrialState
+{
+    /// <summary>Training.</summary>
+    Running,
+
+    /// <summary>Stopped at a rung (it may be promoted later).</summary>
+    Stopped,
+
+    /// <summary>Finished its full run: it has a model.</summary>
+    Completed,
+
+    /// <summary>Failed with <see cref="TrialRecord.Error"/>.</summary>
+    Failed,
+}
+
+/// <summary>One trial of an experiment: its options, progress, metric and validation curve.</summary>
+public sealed class TrialRecord
+{
+    internal TrialRecord(int trial, DecorrelatedImageClassificationTrainer.Options options)
+    {
+        Trial = trial;
+        Options = options;
+    }
+
+    /// <summary>The trial's number, in the order trials were started.</summary>
+    public int Trial { get; }
+
+    /// <summary>The sampled options (a full run's).</summary>
+    public DecorrelatedImageClassificationTrainer.Options Options { get; }
+
+    /// <summary>Where it stands.</summary>
+    public TrialState State { get; internal set; } = TrialState.Running;
+
+    /// <summary>The highest rung it has run.</summary>
+    public int Rung { get; internal set; }
+
+    /// <summary>Epochs trained so far.</summary>
+    public int EpochsRun { get; internal set; }
+
+    /// <summary>Validation accuracy after its last epoch (NaN before the first).</summary>
+    public double ValidationAccuracy { get; internal set; } = double.NaN;
+
+    /// <summary>Wall-clock seconds spent on it, data reading included.</summary>
+    public double Seconds { get; internal set; }
+
+    /// <summary>(epoch, validation accuracy, training seconds) after every epoch it has run.</summary>
+    public List<(double Epoch, double ValidationAccuracy, double Seconds)> Curve { get; } = [];
+
+    /// <summary>Why it failed, or null.</summary>
+    public string? Error { get; internal set; }
+
+    /// <summary>A one-line summary for a leaderboard.</summary>
+    public override string ToString()
+        => $"trial {Trial}: {(Options.UseDecorrelation ? "DBP" : "backprop")} {Options.Architecture}, lr {Options.LearningRate:G3}, batch {Options.BatchSize}, " +
+           $"wd {Options.WeightDecay:G2}{(Options.UseDecorrelation ? $", η_R {Options.DecorrelationLearningRate:G3}" : "")}: {State} after {EpochsRun} epochs, " +
+           $"validation accuracy {ValidationAccuracy:P2}, {Seconds:F1} s{(Error is null ? "" : ", " + Error)}";
+}
+
+/// <summary>The outcome of an experiment: the best model and every trial.</summary>
+/// <param name="BestModel">The fitted transformer of the best trial that finished its full run (the caller disposes it).</param>
+/// <param name="BestTrial">That trial.</param>
+/// <param name="Trials">Every trial, in start order (the leaderboard: sort by <see cref="TrialRecord.ValidationAccuracy"/>).</param>
+/// <param name="Duration">The experiment's wall-clock time.</param>
+public sealed record ExperimentResult(DecorrelatedImageClassificationTransformer BestModel, TrialRecord BestTrial, IReadOnlyList<TrialRecord> Trials, TimeSpan Duration);

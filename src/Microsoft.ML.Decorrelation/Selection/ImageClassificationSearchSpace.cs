@@ -1,0 +1,65 @@
+namespace Microsoft.ML.Decorrelation.Selection;
+
+/// <summary>
+/// The configurations a model-selection experiment samples: each setting is a list to choose from, or a range sampled
+/// log-uniformly. Narrow a setting to one value to fix it.
+/// </summary>
+public sealed class ImageClassificationSearchSpace
+{
+    /// <summary>Networks to try.</summary>
+    public IReadOnlyList<CnnArchitecture> Architectures { get; set; } = [CnnArchitecture.SmallCnn];
+
+    /// <summary>Decorrelated backpropagation, plain backpropagation, or both.</summary>
+    public IReadOnlyList<bool> UseDecorrelation { get; set; } = [true, false];
+
+    /// <summary>Adam learning rate, sampled log-uniformly.</summary>
+    public (double Min, double Max) LearningRate { get; set; } = (5e-4, 5e-3);
+
+    /// <summary>Images per step.</summary>
+    public IReadOnlyList<int> BatchSize { get; set; } = [64, 128];
+
+    /// <summary>L2 weight decay, sampled log-uniformly.</summary>
+    public (double Min, double Max) WeightDecay { get; set; } = (1e-5, 1e-3);
+
+    /// <summary>η_R per update (decorrelated trials only), sampled log-uniformly.</summary>
+    public (double Min, double Max) DecorrelationLearningRate { get; set; } = (4e-3, 1.6e-2);
+
+    /// <summary>Checks that every setting offers at least one value.</summary>
+    /// <exception cref="ArgumentException">A list is empty or a range is not positive and ordered; the message names the setting.</exception>
+    public void Validate()
+    {
+        static void Range(string name, (double Min, double Max) range)
+        {
+            if (!(range.Min > 0) || !(range.Max >= range.Min) || !double.IsFinite(range.Max))
+                throw new ArgumentException($"Search space {name} = [{range.Min}, {range.Max}]: a range must be positive, finite and ordered.", name);
+        }
+        static void List<T>(string name, IReadOnlyList<T> values)
+        {
+            if (values is null || values.Count == 0)
+                throw new ArgumentException($"Search space {name} is empty: give at least one value.", name);
+        }
+        List(nameof(Architectures), Architectures);
+        List(nameof(UseDecorrelation), UseDecorrelation);
+        List(nameof(BatchSize), BatchSize);
+        if (BatchSize.Any(b => b < 1))
+            throw new ArgumentException($"Search space {nameof(BatchSize)} holds {BatchSize.Min()}: batch sizes must be at least 1.", nameof(BatchSize));
+        Range(nameof(LearningRate), LearningRate);
+        Range(nameof(WeightDecay), WeightDecay);
+        Range(nameof(DecorrelationLearningRate), DecorrelationLearningRate);
+    }
+
+    /// <summary>A configuration drawn from the space, on top of <paramref name="template"/>'s other options.</summary>
+    internal DecorrelatedImageClassificationTrainer.Options Sample(Random random, DecorrelatedImageClassificationTrainer.Options template)
+    {
+        static double LogUniform(Random random, (double Min, double Max) range)
+            => Math.Exp(Math.Log(range.Min) + random.NextDouble() * (Math.Log(range.Max) - Math.Log(range.Min)));
+        var options = template.Clone();
+        options.Architecture = Architectures[random.Next(Architectures.Count)];
+        options.UseDecorrelation = UseDecorrelation[random.Next(UseDecorrelation.Count)];
+        options.LearningRate = LogUniform(random, LearningRate);
+        options.BatchSize = BatchSize[random.Next(BatchSize.Count)];
+        options.WeightDecay = LogUniform(random, WeightDecay);
+        options.DecorrelationLearningRate = LogUniform(random, DecorrelationLearningRate);
+        return options;
+    }
+}
