@@ -34,7 +34,7 @@ internal sealed record ArmResult(string Name, IReadOnlyList<DecorrelatedImageCla
 /// </summary>
 internal sealed class MainJob(IAnsiConsole console, FashionMnistSource source)
 {
-    private sealed class PixelRow
+    internal sealed class PixelRow
     {
         public string Label { get; set; } = "";
 
@@ -201,7 +201,7 @@ internal sealed class MainJob(IAnsiConsole console, FashionMnistSource source)
         }
     }
 
-    private static IEnumerable<PixelRow> ReadRows(DataSource data, bool train, int? limit)
+    internal static IEnumerable<PixelRow> ReadRows(DataSource data, bool train, int? limit)
     {
         using var dataset = FashionMnistSource.Load(data, train, limit);
         var pixels = dataset.Images.mul(255f).data<float>().ToArray();

@@ -48,6 +48,7 @@ root.Subcommands.Add(Bench.Create());
 root.Subcommands.Add(PipelineExample.Create());
 root.Subcommands.Add(OneDnnCost.Create());
 root.Subcommands.Add(CacheBench.Create());
+root.Subcommands.Add(SelectCommand.Create());
 foreach (var command in NativeScan.Create())
     root.Subcommands.Add(command);
 return root.Parse(args).Invoke();

@@ -187,6 +187,22 @@ public class SamplesTests : TempFolderTest
     }
 
     [TestMethod]
+    public void SelectWritesTheLeaderboardChartAndALoadableBestModel()
+    {
+        var (console, output) = CapturedConsole();
+        var report = Folder("select");
+        Assert.AreEqual(0, SelectCommand.Run(console, minutes: 5, trials: 3, minEpochs: 1, maxEpochs: 2, limit: 1500, FashionMnist.Folder, report));
+
+        StringAssert.Contains(output.ToString(), "Best: trial");
+        using var leaderboard = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(report, "leaderboard.json")));
+        Assert.AreEqual(3, leaderboard.RootElement.GetArrayLength());
+        Assert.IsTrue(leaderboard.RootElement.EnumerateArray().Any(t => t.GetProperty("State").GetString() == "Completed"));
+        Assert.IsGreaterThan(1000L, new FileInfo(Path.Combine(report, "validation-vs-time.png")).Length);
+        var model = new MLContext().Model.Load(Path.Combine(report, "best-model.zip"), out _);
+        Assert.IsNotNull(model);
+    }
+
+    [TestMethod]
     public void MainJobAtTinySizeWritesChartsJsonAndALoadableModel()
     {
         var (console, output) = CapturedConsole();
