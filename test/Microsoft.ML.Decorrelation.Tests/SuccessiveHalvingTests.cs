@@ -163,4 +163,53 @@ public class SuccessiveHalvingTests
         StringAssert.Contains(error.Message, "Search space UseDecorrelation is empty");
         StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => new ImageClassificationSearchSpace { LearningRate = (1e-2, 1e-3) }.Validate()).Message, "LearningRate");
     }
+
+    [TestMethod]
+    public void KilledExperimentResumesFromItsJournalAndEndsAsAnUninterruptedOne()
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = MLNetData.PixelRows(train: true, count: 900).ToArray();
+        var keys = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(rows));
+        var train = keys.Transform(ml.Data.LoadFromEnumerable(rows.Take(700)));
+        var validation = keys.Transform(ml.Data.LoadFromEnumerable(rows.Skip(700)));
+        string folder = Directory.CreateTempSubdirectory("dbp-journal").FullName;
+        try
+        {
+            DecorrelatedImageClassificationExperiment.Settings Settings(string journal, Action<TrialRecord>? progress = null) => new()
+            {
+                MaxTrials = 4, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 2, Seed = 5, JournalPath = Path.Combine(folder, journal),
+                SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] }, Progress = progress,
+            };
+            var uninterrupted = new DecorrelatedImageClassificationExperiment(ml, Settings("whole.sqlite")).Execute(train, validation);
+            uninterrupted.BestModel.Dispose();
+
+            // Killed after three rung results: the fourth work item is under way when the cancellation lands.
+            using var kill = new CancellationTokenSource();
+            int reported = 0;
+            var first = new DecorrelatedImageClassificationExperiment(ml, Settings("killed.sqlite", _ => { if (++reported == 3) kill.Cancel(); }));
+            Assert.ThrowsExactly<OperationCanceledException>(() => first.Execute(train, validation, kill.Token));
+            var resumedWork = new List<string>();
+            var resumed = new DecorrelatedImageClassificationExperiment(ml, Settings("killed.sqlite", t => resumedWork.Add($"{t.Trial}@{t.Rung}")))
+                .Execute(train, validation);
+            using var best = resumed.BestModel;
+
+            Assert.AreEqual(uninterrupted.Trials.Count(t => t.State == TrialState.Completed) + uninterrupted.Trials.Count(t => t.State == TrialState.Stopped),
+                resumed.Trials.Count, "every trial accounted for");
+            Assert.AreEqual(uninterrupted.Trials.Sum(t => t.Rung + 1) - 3, resumedWork.Count,
+                $"the resumed run does only the rungs not reported before the kill: {string.Join(", ", resumedWork)}");
+            CollectionAssert.AreEqual(uninterrupted.Trials.Select(t => t.ValidationAccuracy).ToArray(), resumed.Trials.Select(t => t.ValidationAccuracy).ToArray(),
+                "the same trials end with the same accuracies as the uninterrupted study");
+            Assert.AreEqual(uninterrupted.BestTrial.Trial, resumed.BestTrial.Trial);
+
+            // Another study cannot use this journal.
+            var other = Settings("killed.sqlite");
+            other.MaxEpochs = 3;
+            var error = Assert.ThrowsExactly<InvalidOperationException>(() => new DecorrelatedImageClassificationExperiment(ml, other).Execute(train, validation));
+            StringAssert.Contains(error.Message, "belongs to another study: its search");
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
 }

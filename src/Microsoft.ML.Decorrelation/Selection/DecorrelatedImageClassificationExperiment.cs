@@ -50,6 +50,12 @@ public sealed class DecorrelatedImageClassificationExperiment
         /// <summary>Folder for the shared cache and the trials' checkpoints; a new temporary folder (deleted afterwards) when null.</summary>
         public string? WorkFolder { get; set; }
 
+        /// <summary>
+        /// An SQLite file recording the study; an experiment killed at any point resumes from it (finished rungs are not
+        /// run again). Null for none. With a journal, <see cref="WorkFolder"/> defaults to the journal's path plus ".work".
+        /// </summary>
+        public string? JournalPath { get; set; }
+
         /// <summary>Receives each trial's record whenever it changes.</summary>
         public Action<TrialRecord>? Progress { get; set; }
     }
@@ -77,52 +83,76 @@ public sealed class DecorrelatedImageClassificationExperiment
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
         var settings = _settings;
-        string folder = settings.WorkFolder ?? Path.Combine(Path.GetTempPath(), "dbp-experiment-" + Guid.NewGuid().ToString("N"));
+        bool keepFolder = settings.WorkFolder is not null || settings.JournalPath is not null;
+        string folder = settings.WorkFolder ?? (settings.JournalPath is { } journalPath ? journalPath + ".work"
+            : Path.Combine(Path.GetTempPath(), "dbp-experiment-" + Guid.NewGuid().ToString("N")));
         Directory.CreateDirectory(folder);
+        using var journal = settings.JournalPath is null ? null : StudyJournal.Open(settings.JournalPath, Describe(train, validation));
         try
         {
             var search = new AsynchronousSuccessiveHalving(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
-            var random = new Random(settings.Seed);
-            var trials = new List<TrialRecord>();
-            DecorrelatedImageClassificationTransformer? best = null;
-            double bestAccuracy = double.NegativeInfinity;
+            var trials = journal?.Trials(settings.BaseOptions) ?? [];
+            // Replay: the scheduler hands out the same work in the same order, so each report lands where it was made.
+            foreach (var report in journal?.Reports() ?? [])
+            {
+                var replayed = search.Next();
+                if (replayed is not TrialWork work || work.Trial != report.Trial || work.Rung != report.Rung)
+                    throw new InvalidOperationException($"The study journal '{settings.JournalPath}' does not replay: it reports trial {report.Trial} rung {report.Rung} where the search decides {replayed?.ToString() ?? "nothing"}.");
+                if (report.Failed)
+                    search.ReportFailure(work);
+                else
+                    search.Report(work, report.Accuracy);
+            }
             var clock = Stopwatch.StartNew();
             while (!cancellation.IsCancellationRequested && (settings.TimeBudget is not { } budget || clock.Elapsed < budget) && search.Next() is TrialWork work)
             {
-                if (work.Rung == 0)
+                if (!trials.TryGetValue(work.Trial, out var trial))
                 {
-                    var options = settings.SearchSpace.Sample(random, settings.BaseOptions);
-                    trials.Add(new TrialRecord(work.Trial, options));
+                    var configuration = settings.SearchSpace.Sample(settings.Seed, work.Trial);
+                    trials[work.Trial] = trial = new TrialRecord(work.Trial, configuration, configuration.Apply(settings.BaseOptions));
                 }
-                var trial = trials[work.Trial];
-                var model = RunRung(trial, work, train, validation, folder, cancellation);
-                if (trial.State == TrialState.Failed)
+                trial.State = TrialState.Running;
+                journal?.Save(trial);
+                using (var model = RunRung(trial, work, train, validation, folder, cancellation))
+                {
+                    if (model is not null)
+                        _context.Model.Save(model, validation.Schema, ModelPath(folder, trial.Trial));
+                }
+                bool failed = trial.State == TrialState.Failed;
+                if (failed)
                     search.ReportFailure(work);
                 else
                     search.Report(work, trial.ValidationAccuracy);
-                if (model is not null && (best is null || trial.ValidationAccuracy > bestAccuracy))
-                {
-                    best?.Dispose();
-                    (best, bestAccuracy) = (model, trial.ValidationAccuracy);
-                }
-                else
-                {
-                    model?.Dispose();
-                }
+                journal?.Record(trial, work, failed);
                 settings.Progress?.Invoke(trial);
             }
             cancellation.ThrowIfCancellationRequested();
-            var completed = trials.Where(t => t.State == TrialState.Completed).ToList();
-            if (best is null || completed.Count == 0)
-                throw new InvalidOperationException($"No trial finished its full {settings.MaxEpochs} epochs within the budget ({trials.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
-            var bestTrial = completed.MaxBy(t => t.ValidationAccuracy)!;
-            return new ExperimentResult(best, bestTrial, trials, clock.Elapsed);
+            var ordered = trials.Values.OrderBy(t => t.Trial).ToList();
+            var bestTrial = ordered.Where(t => t.State == TrialState.Completed).MaxBy(t => t.ValidationAccuracy)
+                ?? throw new InvalidOperationException($"No trial finished its full {settings.MaxEpochs} epochs within the budget ({ordered.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
+            var (_, best) = DecorrelatedImageClassificationTransformer.Load(_context, ModelPath(folder, bestTrial.Trial));
+            return new ExperimentResult(best, bestTrial, ordered, clock.Elapsed);
         }
         finally
         {
-            if (settings.WorkFolder is null && Directory.Exists(folder))
+            if (!keepFolder && Directory.Exists(folder))
                 Directory.Delete(folder, recursive: true);
         }
+    }
+
+    private static string ModelPath(string folder, int trial) => Path.Combine(folder, $"trial-{trial}.zip");
+
+    /// <summary>What identifies the study in a journal: the search settings and the data's shape.</summary>
+    private Dictionary<string, string> Describe(IDataView train, IDataView validation)
+    {
+        var s = _settings;
+        static string Data(IDataView data) => $"{data.GetRowCount()?.ToString() ?? "?"} rows; {string.Join(", ", data.Schema.Where(c => !c.IsHidden).Select(c => c.Name + ":" + c.Type))}";
+        return new Dictionary<string, string>
+        {
+            ["search"] = $"trials {s.MaxTrials}, epochs {s.MinEpochs}..{s.MaxEpochs}, η {s.ReductionFactor}, seed {s.Seed}; {s.SearchSpace.Describe()}",
+            ["training data"] = Data(train),
+            ["validation data"] = Data(validation),
+        };
     }
 
     /// <summary>Thrown inside a trial's Fit to end it at its rung; the checkpoint of the rung's last epoch is on disk.</summary>
@@ -197,11 +227,15 @@ public enum TrialState
 /// <summary>One trial of an experiment: its options, progress, metric and validation curve.</summary>
 public sealed class TrialRecord
 {
-    internal TrialRecord(int trial, DecorrelatedImageClassificationTrainer.Options options)
+    internal TrialRecord(int trial, TrialConfiguration configuration, DecorrelatedImageClassificationTrainer.Options options)
     {
         Trial = trial;
+        Configuration = configuration;
         Options = options;
     }
+
+    /// <summary>The settings the search chose for it.</summary>
+    public TrialConfiguration Configuration { get; }
 
     /// <summary>The trial's number, in the order trials were started.</summary>
     public int Trial { get; }
@@ -238,7 +272,7 @@ public sealed class TrialRecord
 }
 
 /// <summary>The outcome of an experiment: the best model and every trial.</summary>
-/// <param name="BestModel">The fitted transformer of the best trial that finished its full run (the caller disposes it).</param>
+/// <param name="BestModel">The fitted transformer of the best trial that finished its full run, loaded from its saved model (the caller disposes it).</param>
 /// <param name="BestTrial">That trial.</param>
 /// <param name="Trials">Every trial, in start order (the leaderboard: sort by <see cref="TrialRecord.ValidationAccuracy"/>).</param>
 /// <param name="Duration">The experiment's wall-clock time.</param>

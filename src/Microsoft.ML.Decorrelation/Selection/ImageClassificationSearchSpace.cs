@@ -48,18 +48,47 @@ public sealed class ImageClassificationSearchSpace
         Range(nameof(DecorrelationLearningRate), DecorrelationLearningRate);
     }
 
-    /// <summary>A configuration drawn from the space, on top of <paramref name="template"/>'s other options.</summary>
-    internal DecorrelatedImageClassificationTrainer.Options Sample(Random random, DecorrelatedImageClassificationTrainer.Options template)
+    /// <summary>The configuration of trial <paramref name="trial"/>: drawn from its own seeded generator, so any trial can be redrawn alone.</summary>
+    internal TrialConfiguration Sample(int seed, int trial)
     {
+        var random = new Random(unchecked(seed * 1_000_003 + trial));
         static double LogUniform(Random random, (double Min, double Max) range)
             => Math.Exp(Math.Log(range.Min) + random.NextDouble() * (Math.Log(range.Max) - Math.Log(range.Min)));
+        return new TrialConfiguration(
+            Architectures[random.Next(Architectures.Count)],
+            UseDecorrelation[random.Next(UseDecorrelation.Count)],
+            LogUniform(random, LearningRate),
+            BatchSize[random.Next(BatchSize.Count)],
+            LogUniform(random, WeightDecay),
+            LogUniform(random, DecorrelationLearningRate));
+    }
+
+    /// <summary>The space as text, for a journal to recognise its study.</summary>
+    internal string Describe()
+        => $"architectures {string.Join(",", Architectures)}; decorrelation {string.Join(",", UseDecorrelation)}; lr {LearningRate}; batch {string.Join(",", BatchSize)}; " +
+           $"weight decay {WeightDecay}; η_R {DecorrelationLearningRate}";
+}
+
+/// <summary>The settings a search chose for one trial.</summary>
+/// <param name="Architecture">The network.</param>
+/// <param name="UseDecorrelation">DBP (true) or backprop.</param>
+/// <param name="LearningRate">Adam learning rate.</param>
+/// <param name="BatchSize">Images per step.</param>
+/// <param name="WeightDecay">L2 weight decay.</param>
+/// <param name="DecorrelationLearningRate">η_R per update (used by DBP only).</param>
+public sealed record TrialConfiguration(CnnArchitecture Architecture, bool UseDecorrelation, double LearningRate, int BatchSize, double WeightDecay,
+    double DecorrelationLearningRate)
+{
+    /// <summary>The trainer's options: <paramref name="template"/>'s, with this configuration's settings.</summary>
+    public DecorrelatedImageClassificationTrainer.Options Apply(DecorrelatedImageClassificationTrainer.Options template)
+    {
         var options = template.Clone();
-        options.Architecture = Architectures[random.Next(Architectures.Count)];
-        options.UseDecorrelation = UseDecorrelation[random.Next(UseDecorrelation.Count)];
-        options.LearningRate = LogUniform(random, LearningRate);
-        options.BatchSize = BatchSize[random.Next(BatchSize.Count)];
-        options.WeightDecay = LogUniform(random, WeightDecay);
-        options.DecorrelationLearningRate = LogUniform(random, DecorrelationLearningRate);
+        options.Architecture = Architecture;
+        options.UseDecorrelation = UseDecorrelation;
+        options.LearningRate = LearningRate;
+        options.BatchSize = BatchSize;
+        options.WeightDecay = WeightDecay;
+        options.DecorrelationLearningRate = DecorrelationLearningRate;
         return options;
     }
 }
