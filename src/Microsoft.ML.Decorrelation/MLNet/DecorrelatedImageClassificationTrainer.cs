@@ -272,8 +272,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         void CheckAlive() => MLNetInternals.CheckAlive(_host);
 
         var clock = Stopwatch.StartNew();
-        var (train, skipped) = TrainingDataReader.Read(input, imageInput, options.LabelColumnName, classCount, CheckAlive,
-            options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "train") : null, channel.Info, channel.Warning, options.DecodingProgressCallback);
+        var (train, skipped) = ReadImages(input, imageInput, classCount, "train", channel, CheckAlive);
         using var trainData = train;
         if (skipped > 0)
             channel.Warning($"Skipped {skipped} training rows whose label '{options.LabelColumnName}' is missing.");
@@ -343,6 +342,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             options.PredictedLabelColumnName, keyValues);
     }
 
+    /// <summary>Decodes <paramref name="data"/> into an image cache: temporary, or the <paramref name="part"/> folder of <see cref="Options.CacheDirectory"/>.</summary>
+    private (ImageCache Images, long SkippedRows) ReadImages(IDataView data, ImageInput imageInput, int classCount, string part, IChannel channel, Action checkAlive)
+        => TrainingDataReader.Read(data, imageInput, _options.LabelColumnName, classCount, checkAlive,
+            _options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, part) : null, channel.Info, channel.Warning, _options.DecodingProgressCallback);
+
     /// <summary>
     /// Splits the run's images: the validation images (the ValidationSet, decoded into <paramref name="validationCache"/>
     /// which the caller disposes; rows held out of <paramref name="train"/>; or none) and the images to train on, with
@@ -365,8 +369,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                     $"The validation set's label column '{options.LabelColumnName}' maps keys to other values than the training data's " +
                     $"(training: {Describe(keyValues)}; validation: {Describe(validationKeys)}): key k must mean the same class in both. " +
                     "Transform both with the same fitted MapValueToKey.");
-            var (validation, skipped) = TrainingDataReader.Read(validationSet, imageInput, options.LabelColumnName, classCount, checkAlive,
-                options.CacheDirectory is { } cacheDirectory ? Path.Combine(cacheDirectory, "validation") : null, channel.Info, channel.Warning, options.DecodingProgressCallback);
+            var (validation, skipped) = ReadImages(validationSet, imageInput, classCount, "validation", channel, checkAlive);
             validationCache = validation;
             if (skipped > 0)
                 channel.Warning($"Skipped {skipped} validation rows whose label is missing.");

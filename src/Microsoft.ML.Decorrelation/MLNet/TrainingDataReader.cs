@@ -12,6 +12,9 @@ namespace Microsoft.ML.Decorrelation;
 /// </summary>
 internal static class TrainingDataReader
 {
+    /// <summary>Whether a label key means "no label": 0, or above the key type's count.</summary>
+    private static bool IsMissing(uint key, int classCount) => key == 0 || key > classCount;
+
     /// <summary>Rows whose pixels are decoded again and compared when a kept cache is about to be reused.</summary>
     internal const int VerifiedRows = 16;
 
@@ -99,7 +102,7 @@ internal static class TrainingDataReader
                 if (cursor.Position % 256 == 0)
                     checkAlive();
                 getLabel(ref key);
-                if (key == 0 || key > classCount)
+                if (IsMissing(key, classCount))
                 {
                     skipped++;
                     continue;
@@ -144,7 +147,7 @@ internal static class TrainingDataReader
                 if (cursor.Position % 1024 == 0)
                     checkAlive();
                 getLabel(ref key);
-                if (key == 0 || key > classCount)
+                if (IsMissing(key, classCount))
                     skipped++;
                 Add(string.Join("\t", getters.Select(get => get())));
                 rows++;
@@ -189,7 +192,7 @@ internal static class TrainingDataReader
         while (cursor.MoveNext() && wanted.Count > 0)
         {
             getLabel(ref key);
-            if (key == 0 || key > classCount)
+            if (IsMissing(key, classCount))
                 continue;
             if (wanted.Remove(cached))
             {

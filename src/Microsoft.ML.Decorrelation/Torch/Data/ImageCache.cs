@@ -108,10 +108,7 @@ public sealed class ImageCache : IImageSource, IDisposable
     /// <exception cref="ArgumentException">The arrays do not have one positive, finite entry per channel.</exception>
     public void Standardize(float[] mean, float[] standardDeviation)
     {
-        if (mean.Length != Info.Channels || standardDeviation.Length != Info.Channels)
-            throw new ArgumentException($"Standardisation needs one mean and one standard deviation per channel ({Info.Channels}).");
-        if (standardDeviation.Any(s => !(s > 0) || !float.IsFinite(s)))
-            throw new ArgumentException("Every standard deviation must be positive and finite.", nameof(standardDeviation));
+        ImageDataset.CheckStandardization(mean, standardDeviation, Info.Channels);
         _mean = (float[])mean.Clone();
         _scale = (float[])standardDeviation.Clone();
     }

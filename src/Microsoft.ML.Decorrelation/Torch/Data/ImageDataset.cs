@@ -71,13 +71,20 @@ public sealed class ImageDataset : IImageSource, IDisposable
     public void Normalize(float[] mean, float[] standardDeviation)
     {
         long channels = Images.shape[1];
-        if (mean.Length != channels || standardDeviation.Length != channels)
-            throw new ArgumentException($"Normalisation needs one mean and one standard deviation per channel ({channels}).");
-        if (standardDeviation.Any(s => !(s > 0) || !float.IsFinite(s)))
-            throw new ArgumentException("Every standard deviation must be positive and finite.", nameof(standardDeviation));
+        CheckStandardization(mean, standardDeviation, channels);
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         Images.sub_(tensor(mean).view(1, channels, 1, 1)).div_(tensor(standardDeviation).view(1, channels, 1, 1));
+    }
+
+    /// <summary>Checks that there is one mean and one positive, finite standard deviation per channel.</summary>
+    /// <exception cref="ArgumentException">They do not fit.</exception>
+    internal static void CheckStandardization(float[] mean, float[] standardDeviation, long channels)
+    {
+        if (mean.Length != channels || standardDeviation.Length != channels)
+            throw new ArgumentException($"Standardisation needs one mean and one standard deviation per channel ({channels}).");
+        if (standardDeviation.Any(s => !(s > 0) || !float.IsFinite(s)))
+            throw new ArgumentException("Every standard deviation must be positive and finite.", nameof(standardDeviation));
     }
 
     /// <summary>A new dataset holding the images at <paramref name="start"/>, …, start + count − 1.</summary>
