@@ -181,7 +181,6 @@ public sealed class DecorrelatedImageClassificationExperiment
             if (p.Epoch > work.Epochs)
                 throw new RungReachedException();
         };
-        trial.State = TrialState.Running;
         var clock = Stopwatch.StartNew();
         try
         {
