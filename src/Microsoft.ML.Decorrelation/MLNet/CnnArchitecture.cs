@@ -15,3 +15,16 @@ public enum CnnArchitecture
     /// <summary>ResNet-50 (bottleneck blocks, BatchNorm); stem chosen as for <see cref="ResNet18"/>.</summary>
     ResNet50,
 }
+
+/// <summary>How <see cref="DecorrelatedImageClassificationTrainer"/> standardises pixels per channel (stored in the model, applied when scoring).</summary>
+public enum PixelStandardization
+{
+    /// <summary>With the mean and standard deviation of the training images.</summary>
+    TrainingSet,
+
+    /// <summary>
+    /// With ImageNet's, on the 0–255 scale (mean 123.675, 116.28, 103.53; standard deviation 58.395, 57.12, 57.375); for
+    /// grayscale images their averages. What torchvision's pretrained weights expect.
+    /// </summary>
+    ImageNet,
+}

@@ -105,6 +105,35 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// </summary>
         public bool RandomHorizontalFlip;
 
+        /// <summary>
+        /// A pretrained state dict to start from, or null (the default) to train from scratch: a PyTorch file (<c>.pt</c>, <c>.pth</c>:
+        /// <c>torch.save(model.state_dict(), path)</c>), safetensors, or TorchSharp's format, with torchvision's ResNet names
+        /// (torchvision's <c>resnet18/34/50</c> weights) or this library's (a network of the same <see cref="Architecture"/>). Every
+        /// tensor's name and shape is checked. A ResNet then takes the stem of the weights (torchvision's: the ImageNet stem,
+        /// whatever the image size); a classifier of another class count is replaced and 1-channel images use the first
+        /// convolution's weights summed over its 3 channels (the log says both). With DBP the network starts with R = I, exactly
+        /// the pretrained network. See docs/pretrained.md.
+        /// </summary>
+        public string? PretrainedWeightsPath;
+
+        /// <summary>
+        /// How pixels are standardised per channel. Null (the default): <see cref="PixelStandardization.ImageNet"/> with
+        /// <see cref="PretrainedWeightsPath"/>, else <see cref="PixelStandardization.TrainingSet"/>.
+        /// </summary>
+        public PixelStandardization? Standardization;
+
+        /// <summary>
+        /// Fine-tuning: train only the classifier for this many epochs (the rest frozen: weights, BatchNorm statistics and
+        /// decorrelation matrices), then every layer; <see cref="MaxEpoch"/> or more trains the classifier only. Default 0.
+        /// </summary>
+        public int HeadOnlyEpochs;
+
+        /// <summary>
+        /// Fine-tuning: the learning rate of every layer but the classifier, as a fraction in (0, 1] of <see cref="LearningRate"/>.
+        /// Default 1.
+        /// </summary>
+        public double BackboneLearningRateScale = 1;
+
         /// <summary>True (the default) trains with decorrelated backpropagation; false with plain backpropagation, all else equal.</summary>
         public bool UseDecorrelation = true;
 
@@ -271,36 +300,43 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         using var channel = _host.Start(nameof(DecorrelatedImageClassificationTrainer));
         void CheckAlive() => MLNetInternals.CheckAlive(_host);
 
-        var clock = Stopwatch.StartNew();
-        var (train, skipped) = ReadImages(input, imageInput, classCount, "train", channel, CheckAlive);
-        using var trainData = train;
-        if (skipped > 0)
-            channel.Warning($"Skipped {skipped} training rows whose label '{options.LabelColumnName}' is missing.");
-        if (train.Count == 0)
-            throw new ArgumentException($"The training data has no row with a label in '{options.LabelColumnName}'.", nameof(input));
-        channel.Info($"Decoded {train.Count} training images of {imageInput.Shape} in {clock.Elapsed.TotalSeconds:F1} s into a " +
-                     $"{(train.StoresBytes ? "byte" : "float32")} cache in '{train.Folder}'.");
-
         // One seed for everything random in this run: the held-out rows, the weights, the batch order, the samples.
         int seed = options.Seed ?? MLNetInternals.GetSeed(_host) ?? Random.Shared.Next();
-        var (trainSet, validation, mean, deviation) = SplitValidation(input, imageInput, classCount, keyValues, trainData, seed, channel, CheckAlive,
-            out var validationCache);
-        using var validationData = validationCache;
-        for (int c = 0; c < deviation.Length; c++)
-            deviation[c] = deviation[c] > 1e-6f && float.IsFinite(deviation[c]) ? deviation[c] : 1f;
-        trainData.Standardize(mean, deviation);
-        validationCache?.Standardize(mean, deviation);
-
+        // The network first: pretrained weights that do not fit fail before the images are decoded.
+        var imageNetStatistics = Standardization(options) == PixelStandardization.ImageNet ? ImageNetStatistics(imageInput.Shape.Channels) : default;
         var (gpu, fallback) = MLNetInternals.GetDeviceRequest(_host);
         var device = TorchDevices.Select(gpu, fallback);
         var trainingOptions = EngineOptions(options, seed, device);
-        channel.Info($"Training {options.Architecture} with {(options.UseDecorrelation ? "decorrelated backpropagation" : "backpropagation")} " +
-                     $"on {device.type}, {trainSet.Count} images, {classCount} classes, {options.MaxEpoch} epochs, seed {trainingOptions.Seed}.");
-
-        var network = NetworkTrainer.CreateNetwork(d => ImageClassifierNetwork.Build(options.Architecture, imageInput.Shape, classCount, d),
-            trainingOptions, options.UseDecorrelation);
+        var (network, stem) = CreateNetwork(imageInput.Shape, classCount, trainingOptions, channel);
         try
         {
+            var clock = Stopwatch.StartNew();
+            var (train, skipped) = ReadImages(input, imageInput, classCount, "train", channel, CheckAlive);
+            using var trainData = train;
+            if (skipped > 0)
+                channel.Warning($"Skipped {skipped} training rows whose label '{options.LabelColumnName}' is missing.");
+            if (train.Count == 0)
+                throw new ArgumentException($"The training data has no row with a label in '{options.LabelColumnName}'.", nameof(input));
+            channel.Info($"Decoded {train.Count} training images of {imageInput.Shape} in {clock.Elapsed.TotalSeconds:F1} s into a " +
+                         $"{(train.StoresBytes ? "byte" : "float32")} cache in '{train.Folder}'.");
+
+            var (trainSet, validation, mean, deviation) = SplitValidation(input, imageInput, classCount, keyValues, trainData, seed, channel, CheckAlive,
+                out var validationCache);
+            using var validationData = validationCache;
+            for (int c = 0; c < deviation.Length; c++)
+                deviation[c] = deviation[c] > 1e-6f && float.IsFinite(deviation[c]) ? deviation[c] : 1f;
+
+            if (imageNetStatistics.Mean is not null)
+            {
+                (mean, deviation) = imageNetStatistics;
+                channel.Info($"Standardising pixels with ImageNet's per-channel mean ({string.Join(", ", mean)}) and standard deviation ({string.Join(", ", deviation)}).");
+            }
+            trainData.Standardize(mean, deviation);
+            validationCache?.Standardize(mean, deviation);
+            channel.Info($"Training {options.Architecture} with {(options.UseDecorrelation ? "decorrelated backpropagation" : "backpropagation")} " +
+                         $"on {device.type}, {trainSet.Count} images, {classCount} classes, {options.MaxEpoch} epochs, seed {trainingOptions.Seed}" +
+                         (options.HeadOnlyEpochs > 0 ? $", the classifier only for {Math.Min(options.HeadOnlyEpochs, options.MaxEpoch)} epochs" : "") +
+                         (options.BackboneLearningRateScale != 1 ? $", backbone learning rate ×{options.BackboneLearningRateScale}" : "") + ".");
             new NetworkTrainer(trainingOptions).Train(network, trainSet, validation,
                 onMetrics: m =>
                 {
@@ -331,15 +367,15 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             if (!ReferenceEquals(plain, network))
                 network.Dispose();
             network = plain;
+            var model = new ImageClassifierNetwork(network, options.Architecture, stem, imageInput.Shape, classCount, mean, deviation, device);
+            return new DecorrelatedImageClassificationTransformer(_host, model, imageInput, options.LabelColumnName, options.ScoreColumnName,
+                options.PredictedLabelColumnName, keyValues);
         }
         catch
         {
             network.Dispose();
             throw;
         }
-        var model = new ImageClassifierNetwork(network, options.Architecture, imageInput.Shape, classCount, mean, deviation, device);
-        return new DecorrelatedImageClassificationTransformer(_host, model, imageInput, options.LabelColumnName, options.ScoreColumnName,
-            options.PredictedLabelColumnName, keyValues);
     }
 
     /// <summary>Decodes <paramref name="data"/> into an image cache: temporary, or the <paramref name="part"/> folder of <see cref="Options.CacheDirectory"/>.</summary>
@@ -398,6 +434,76 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         return (train, null, allMean, allDeviation);
     }
 
+    /// <summary>
+    /// Builds the network (with <see cref="NetworkTrainer.CreateNetwork"/>: seeded, decorrelated for DBP), from the pretrained
+    /// weights when <see cref="Options.PretrainedWeightsPath"/> names some; returns it with its ResNet stem.
+    /// </summary>
+    private (TorchSharp.torch.nn.Module<Tensor, Tensor> Network, Torch.Architectures.ResNetStem? Stem) CreateNetwork(ImageShape shape, int classCount,
+        TrainingOptions trainingOptions, IChannel channel)
+    {
+        var options = _options;
+        if (options.PretrainedWeightsPath is not { } path)
+        {
+            var defaultStem = ImageClassifierNetwork.DefaultStem(options.Architecture, shape);
+            return (NetworkTrainer.CreateNetwork(d => ImageClassifierNetwork.Build(options.Architecture, defaultStem, shape, classCount, d),
+                trainingOptions, options.UseDecorrelation), defaultStem);
+        }
+        var weights = Torch.Pretrained.StateDictFile.Read(path);
+        try
+        {
+            var info = Torch.Pretrained.PretrainedWeights.Inspect(weights);
+            // The weights' stem (torchvision's: ImageNet), whatever the image size.
+            var stem = options.Architecture == CnnArchitecture.SmallCnn ? null : info.Stem ?? ImageClassifierNetwork.DefaultStem(options.Architecture, shape);
+            channel.Info($"Starting from the pretrained weights '{path}': a {info.Description}" +
+                         (stem is { } s ? $"; the {(s == Torch.Architectures.ResNetStem.ImageNet ? "ImageNet" : "small-image")} stem." : "."));
+            var network = NetworkTrainer.CreateNetwork(d =>
+            {
+                var plain = ImageClassifierNetwork.Build(options.Architecture, stem, shape, classCount, d);
+                try
+                {
+                    foreach (var note in Torch.Pretrained.PretrainedWeights.Load(plain, weights, path))
+                        channel.Info(note);
+                    return plain;
+                }
+                catch
+                {
+                    plain.Dispose();
+                    throw;
+                }
+            }, trainingOptions, options.UseDecorrelation);
+            return (network, stem);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ArgumentException($"Option {nameof(Options.PretrainedWeightsPath)}: {e.Message}", nameof(Options.PretrainedWeightsPath), e);
+        }
+        finally
+        {
+            foreach (var tensor in weights.Values)
+                tensor.Dispose();
+        }
+    }
+
+    private static PixelStandardization Standardization(Options options)
+        => options.Standardization ?? (options.PretrainedWeightsPath is null ? PixelStandardization.TrainingSet : PixelStandardization.ImageNet);
+
+    /// <summary>
+    /// ImageNet's per-channel mean and standard deviation on the 0–255 scale (torchvision's 0.485/0.456/0.406 and
+    /// 0.229/0.224/0.225); for one channel, their averages (a gray image is fed as R = G = B).
+    /// </summary>
+    internal static (float[] Mean, float[] Deviation) ImageNetStatistics(int channels)
+    {
+        float[] mean = [0.485f * 255, 0.456f * 255, 0.406f * 255];
+        float[] deviation = [0.229f * 255, 0.224f * 255, 0.225f * 255];
+        return channels switch
+        {
+            3 => (mean, deviation),
+            1 => ([mean.Average()], [deviation.Average()]),
+            _ => throw new ArgumentOutOfRangeException(nameof(Options.Standardization), channels,
+                $"ImageNet standardisation needs 1 or 3 image channels, not {channels}; use {nameof(PixelStandardization)}.{nameof(PixelStandardization.TrainingSet)}."),
+        };
+    }
+
     private void CheckArchitectureFits(ImageShape shape)
     {
         long minimum = _options.Architecture == CnnArchitecture.SmallCnn ? Torch.Architectures.NetworkBuilder.SmallCnnMinimumSize : 1;
@@ -422,6 +528,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             ResumeFromCheckpoint = options.ResumeFromCheckpoint,
             DivergenceRetries = options.DivergenceRetries,
             OneDnn = options.OneDnn,
+            HeadOnlyEpochs = options.HeadOnlyEpochs,
+            BackboneLearningRateScale = options.BackboneLearningRateScale,
             Seed = seed,
             Device = device,
             Decorrelation = new DecorrelationOptions
@@ -473,5 +581,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             "needs a CheckpointPath.");
         Check(Enum.IsDefined(options.LearningRateSchedule), nameof(Options.LearningRateSchedule), options.LearningRateSchedule, "unknown schedule.");
         Check(Enum.IsDefined(options.OneDnn), nameof(Options.OneDnn), options.OneDnn, "unknown oneDNN mode.");
+        Check(options.PretrainedWeightsPath is null || File.Exists(options.PretrainedWeightsPath), nameof(Options.PretrainedWeightsPath),
+            options.PretrainedWeightsPath ?? "", "the file does not exist.");
+        Check(options.Standardization is null || Enum.IsDefined(options.Standardization.Value), nameof(Options.Standardization), options.Standardization!, "unknown standardisation.");
+        Check(options.HeadOnlyEpochs >= 0, nameof(Options.HeadOnlyEpochs), options.HeadOnlyEpochs, "must not be negative (0 = train every layer).");
+        Check(options.BackboneLearningRateScale > 0 && options.BackboneLearningRateScale <= 1, nameof(Options.BackboneLearningRateScale),
+            options.BackboneLearningRateScale, "must lie in (0, 1].");
     }
 }

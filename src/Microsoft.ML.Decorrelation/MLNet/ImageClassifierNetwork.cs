@@ -16,12 +16,13 @@ internal sealed class ImageClassifierNetwork : IDisposable
     private readonly Tensor _standardDeviation;
 
     /// <summary>Takes ownership of <paramref name="network"/>, which must be a plain network of <paramref name="architecture"/>.</summary>
-    public ImageClassifierNetwork(nn.Module<Tensor, Tensor> network, CnnArchitecture architecture, ImageShape shape, int classCount,
+    public ImageClassifierNetwork(nn.Module<Tensor, Tensor> network, CnnArchitecture architecture, ResNetStem? stem, ImageShape shape, int classCount,
         float[] mean, float[] standardDeviation, Device device)
     {
         _network = network;
         _network.eval();
         Architecture = architecture;
+        Stem = stem;
         Shape = shape;
         ClassCount = classCount;
         Mean = mean;
@@ -32,6 +33,9 @@ internal sealed class ImageClassifierNetwork : IDisposable
     }
 
     public CnnArchitecture Architecture { get; }
+
+    /// <summary>The stem of a ResNet; null for the small CNN.</summary>
+    public ResNetStem? Stem { get; }
 
     public ImageShape Shape { get; }
 
@@ -48,17 +52,24 @@ internal sealed class ImageClassifierNetwork : IDisposable
     /// <summary>The plain (folded) network.</summary>
     public nn.Module<Tensor, Tensor> Network => _network;
 
-    /// <summary>Builds the plain network of <paramref name="architecture"/> for images of <paramref name="shape"/>.</summary>
-    public static nn.Module<Tensor, Tensor> Build(CnnArchitecture architecture, ImageShape shape, int classCount, Device device)
+    /// <summary>
+    /// The stem a ResNet gets for images of <paramref name="shape"/> when no pretrained weights decide it: small images lose
+    /// too much resolution to the ImageNet stem's stride 4. Null for the small CNN.
+    /// </summary>
+    public static ResNetStem? DefaultStem(CnnArchitecture architecture, ImageShape shape)
+        => architecture == CnnArchitecture.SmallCnn ? null
+            : Math.Min(shape.Height, shape.Width) <= 64 ? ResNetStem.SmallImage : ResNetStem.ImageNet;
+
+    /// <summary>Builds the plain network of <paramref name="architecture"/> (with <paramref name="stem"/> for a ResNet) for images of <paramref name="shape"/>.</summary>
+    public static nn.Module<Tensor, Tensor> Build(CnnArchitecture architecture, ResNetStem? stem, ImageShape shape, int classCount, Device device)
     {
-        // Small images lose too much resolution to the ImageNet stem's stride 4.
-        var stem = Math.Min(shape.Height, shape.Width) <= 64 ? ResNetStem.SmallImage : ResNetStem.ImageNet;
+        var resNetStem = stem ?? ResNetStem.ImageNet;
         return architecture switch
         {
             CnnArchitecture.SmallCnn => NetworkBuilder.SmallCnn(shape.Channels, shape.Height, shape.Width, classCount, device),
-            CnnArchitecture.ResNet18 => NetworkBuilder.ResNet18(shape.Channels, classCount, stem, device),
-            CnnArchitecture.ResNet34 => NetworkBuilder.ResNet34(shape.Channels, classCount, stem, device),
-            CnnArchitecture.ResNet50 => NetworkBuilder.ResNet50(shape.Channels, classCount, stem, device),
+            CnnArchitecture.ResNet18 => NetworkBuilder.ResNet18(shape.Channels, classCount, resNetStem, device),
+            CnnArchitecture.ResNet34 => NetworkBuilder.ResNet34(shape.Channels, classCount, resNetStem, device),
+            CnnArchitecture.ResNet50 => NetworkBuilder.ResNet50(shape.Channels, classCount, resNetStem, device),
             _ => throw new ArgumentOutOfRangeException(nameof(architecture), architecture, "Unknown architecture."),
         };
     }

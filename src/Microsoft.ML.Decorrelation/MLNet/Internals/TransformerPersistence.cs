@@ -19,12 +19,14 @@ public sealed partial class DecorrelatedImageClassificationTransformer
     private const string NetworkStreamName = "Network.bin";
 
     /// <summary>
-    /// The model format this version writes: 0x00010002, whose key values keep the label's type. It also reads
-    /// 0x00010001, whose key values are text.
+    /// The model format this version writes: 0x00010003, which stores a ResNet's stem (pretrained weights choose it,
+    /// whatever the image size). It also reads 0x00010002 (no stem: chosen by image size) and 0x00010001 (key values
+    /// as text, no stem).
     /// </summary>
-    internal const uint FormatVersion = 0x00010002;
+    internal const uint FormatVersion = 0x00010003;
 
     private const uint TextKeyValuesVersion = 0x00010001;
+    private const uint StemVersion = 0x00010003;
 
     /// <summary>The format written by Save; tests raise it to check that a newer model is refused.</summary>
     internal static uint SavedFormatVersion { get; set; } = FormatVersion;
@@ -48,7 +50,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
 
         // *** Binary format ***
         // string: label, feature, score and predicted label column names
-        // int: input kind; int: architecture; int ×3: channels, height, width; int: classes
+        // int: input kind; int: architecture; int: stem (−1 for none; from 0x00010003); int ×3: channels, height, width; int: classes
         // float[channels] ×2: mean and standard deviation of the pixels
         // int: number of key values (−1 for none); int: their DataKind; then each value (text in the string table)
         // stream Network.bin: the plain network's state dict (TorchSharp format)
@@ -59,6 +61,8 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         var writer = ctx.Writer;
         writer.Write((int)Input.Kind);
         writer.Write((int)Network.Architecture);
+        if (SavedFormatVersion >= StemVersion)
+            writer.Write(Network.Stem is { } stem ? (int)stem : -1);
         writer.Write(Input.Shape.Channels);
         writer.Write(Input.Shape.Height);
         writer.Write(Input.Shape.Width);
@@ -84,10 +88,13 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         var reader = ctx.Reader;
         var kind = (ImageInputKind)reader.ReadInt32();
         var architecture = (CnnArchitecture)reader.ReadInt32();
+        int storedStem = ctx.Header.ModelVerWritten >= StemVersion ? reader.ReadInt32() : -2;
         var shape = new ImageShape(reader.ReadInt32(), reader.ReadInt32(), reader.ReadInt32());
         int classes = reader.ReadInt32();
-        if (!Enum.IsDefined(kind) || !Enum.IsDefined(architecture) || shape.Channels < 1 || shape.Height < 1 || shape.Width < 1 || classes < 2 || shape.Channels > 4096)
-            throw env.ExceptDecode($"The model holds invalid settings (input {kind}, architecture {architecture}, images {shape}, {classes} classes).");
+        if (!Enum.IsDefined(kind) || !Enum.IsDefined(architecture) || shape.Channels < 1 || shape.Height < 1 || shape.Width < 1 || classes < 2 || shape.Channels > 4096
+            || (storedStem >= 0 && !Enum.IsDefined((Torch.Architectures.ResNetStem)storedStem)) || storedStem < -2 || (storedStem >= 0) == (architecture == CnnArchitecture.SmallCnn))
+            throw env.ExceptDecode($"The model holds invalid settings (input {kind}, architecture {architecture}, stem {storedStem}, images {shape}, {classes} classes).");
+        var stem = storedStem >= 0 ? (Torch.Architectures.ResNetStem)storedStem : ImageClassifierNetwork.DefaultStem(architecture, shape);
         var mean = Enumerable.Range(0, shape.Channels).Select(_ => reader.ReadSingle()).ToArray();
         var deviation = Enumerable.Range(0, shape.Channels).Select(_ => reader.ReadSingle()).ToArray();
         int nameCount = reader.ReadInt32();
@@ -97,7 +104,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
 
         var (gpu, fallback) = MLNet.Internals.MLNetInternals.GetDeviceRequest(env);
         var device = Torch.TorchDevices.Select(gpu, fallback);
-        var network = ImageClassifierNetwork.Build(architecture, shape, classes, device);
+        var network = ImageClassifierNetwork.Build(architecture, stem, shape, classes, device);
         try
         {
             if (!ctx.TryLoadBinaryStream(NetworkStreamName, stream => network.load(stream, strict: true)))
@@ -108,7 +115,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
             network.Dispose();
             throw env.ExceptDecode(e, $"The network weights of the model could not be read: {e.Message}");
         }
-        var model = new ImageClassifierNetwork(network, architecture, shape, classes, mean, deviation, device);
+        var model = new ImageClassifierNetwork(network, architecture, stem, shape, classes, mean, deviation, device);
         return new DecorrelatedImageClassificationTransformer(env, model, ImageInput.Restore(feature, kind, shape), label, score, predictedLabel, names);
     }
 

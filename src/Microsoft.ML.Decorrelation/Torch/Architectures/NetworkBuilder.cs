@@ -63,31 +63,36 @@ public static class NetworkBuilder
     /// <param name="classes">Number of classes.</param>
     /// <param name="stem">ImageNet (7×7/2 + max-pool) or small-image (3×3/1) stem.</param>
     /// <param name="device">Where the network's tensors live.</param>
-    public static nn.Module<Tensor, Tensor> ResNet18(long channels, long classes, ResNetStem stem = ResNetStem.ImageNet, Device? device = null)
-        => ResNet(channels, classes, stem, [2, 2, 2, 2], bottleneck: false, device);
+    /// <param name="width">
+    /// Filters of the stem and the first stage; the stages have width, 2·width, 4·width and 8·width (bottleneck blocks
+    /// 4× that at their output). Default 64, torchvision's; smaller widths keep the structure and the names.
+    /// </param>
+    public static nn.Module<Tensor, Tensor> ResNet18(long channels, long classes, ResNetStem stem = ResNetStem.ImageNet, Device? device = null, long width = 64)
+        => ResNet(channels, classes, stem, [2, 2, 2, 2], bottleneck: false, device, width);
 
     /// <summary>ResNet-34: basic blocks, [3, 4, 6, 3] per stage.</summary>
     /// <inheritdoc cref="ResNet18"/>
-    public static nn.Module<Tensor, Tensor> ResNet34(long channels, long classes, ResNetStem stem = ResNetStem.ImageNet, Device? device = null)
-        => ResNet(channels, classes, stem, [3, 4, 6, 3], bottleneck: false, device);
+    public static nn.Module<Tensor, Tensor> ResNet34(long channels, long classes, ResNetStem stem = ResNetStem.ImageNet, Device? device = null, long width = 64)
+        => ResNet(channels, classes, stem, [3, 4, 6, 3], bottleneck: false, device, width);
 
     /// <summary>ResNet-50: bottleneck blocks (expansion 4), [3, 4, 6, 3] per stage.</summary>
     /// <inheritdoc cref="ResNet18"/>
-    public static nn.Module<Tensor, Tensor> ResNet50(long channels, long classes, ResNetStem stem = ResNetStem.ImageNet, Device? device = null)
-        => ResNet(channels, classes, stem, [3, 4, 6, 3], bottleneck: true, device);
+    public static nn.Module<Tensor, Tensor> ResNet50(long channels, long classes, ResNetStem stem = ResNetStem.ImageNet, Device? device = null, long width = 64)
+        => ResNet(channels, classes, stem, [3, 4, 6, 3], bottleneck: true, device, width);
 
     /// <summary>The smallest height and width the small CNN accepts.</summary>
     public const long SmallCnnMinimumSize = 8;
 
-    private static nn.Module<Tensor, Tensor> ResNet(long channels, long classes, ResNetStem stem, int[] blocksPerStage, bool bottleneck, Device? device)
+    private static nn.Module<Tensor, Tensor> ResNet(long channels, long classes, ResNetStem stem, int[] blocksPerStage, bool bottleneck, Device? device, long width)
     {
         CheckShape(channels, 1, 1, classes, minimumSize: 1, "ResNet");
-        return ModuleOwnership.Build(() => BuildResNet(channels, classes, stem, blocksPerStage, bottleneck, device));
+        if (width < 1)
+            throw new ArgumentOutOfRangeException(nameof(width), width, "The ResNet width must be at least 1.");
+        return ModuleOwnership.Build(() => BuildResNet(channels, classes, stem, blocksPerStage, bottleneck, device, width));
     }
 
-    private static nn.Module<Tensor, Tensor> BuildResNet(long channels, long classes, ResNetStem stem, int[] blocksPerStage, bool bottleneck, Device? device)
+    private static nn.Module<Tensor, Tensor> BuildResNet(long channels, long classes, ResNetStem stem, int[] blocksPerStage, bool bottleneck, Device? device, long stemWidth)
     {
-        const long stemWidth = 64;
         var layers = new List<(string, nn.Module<Tensor, Tensor>)>();
         layers.Add(("stem", stem == ResNetStem.ImageNet
             ? nn.Sequential(
@@ -104,15 +109,15 @@ public static class NetworkBuilder
         long inChannels = stemWidth;
         for (int stage = 0; stage < blocksPerStage.Length; stage++)
         {
-            long width = stemWidth << stage;
+            long stageWidth = stemWidth << stage;
             var blocks = new List<(string, nn.Module<Tensor, Tensor>)>();
             for (int block = 0; block < blocksPerStage[stage]; block++)
             {
                 long stride = block == 0 && stage > 0 ? 2 : 1;
                 var residual = bottleneck
-                    ? BottleneckBranch(inChannels, width, expansion, stride, device)
-                    : BasicBranch(inChannels, width, stride, device);
-                long outChannels = width * expansion;
+                    ? BottleneckBranch(inChannels, stageWidth, expansion, stride, device)
+                    : BasicBranch(inChannels, stageWidth, stride, device);
+                long outChannels = stageWidth * expansion;
                 nn.Module<Tensor, Tensor> shortcut = stride != 1 || inChannels != outChannels
                     ? nn.Sequential(
                         ("conv", nn.Conv2d(inChannels, outChannels, 1, stride: stride, bias: false, device: device)),

@@ -82,6 +82,26 @@ public sealed class TrainingOptions
     /// </summary>
     public DecorrelationOptions? Decorrelation { get; set; } = new();
 
+    /// <summary>
+    /// Fine-tuning: the name of the head module (its parameters and decorrelation matrices are the head; everything else is
+    /// the backbone). Default <see cref="Pretrained.PretrainedWeights.ClassifierName"/>, the classifier of every network of
+    /// <see cref="Architectures.NetworkBuilder"/>.
+    /// </summary>
+    public string HeadModuleName { get; set; } = Pretrained.PretrainedWeights.ClassifierName;
+
+    /// <summary>
+    /// Fine-tuning: train only the head for this many epochs, then every layer; at least <see cref="Epochs"/> trains the head
+    /// only throughout. While the backbone is frozen its weights, BatchNorm statistics (BatchNorm in eval mode) and
+    /// decorrelation matrices do not change, and no gradient is computed for it. Default 0.
+    /// </summary>
+    public int HeadOnlyEpochs { get; set; }
+
+    /// <summary>
+    /// Fine-tuning: the backbone's learning rate as a fraction of the head's (<see cref="LearningRate"/>, scheduled), in (0, 1].
+    /// Default 1 (one rate for all).
+    /// </summary>
+    public double BackboneLearningRateScale { get; set; } = 1;
+
     /// <summary>Seed of the initial weights, the batch order and the statistics samples. Default 0.</summary>
     public int Seed { get; set; }
 
@@ -176,6 +196,12 @@ public sealed class TrainingOptions
             throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "Weight decay must be non-negative and finite.");
         if (!(StepDecayFactor > 0 && StepDecayFactor <= 1))
             throw new ArgumentOutOfRangeException(nameof(StepDecayFactor), StepDecayFactor, "The step decay factor must lie in (0, 1].");
+        if (HeadOnlyEpochs < 0)
+            throw new ArgumentOutOfRangeException(nameof(HeadOnlyEpochs), HeadOnlyEpochs, "The number of head-only epochs must not be negative.");
+        if (!(BackboneLearningRateScale > 0 && BackboneLearningRateScale <= 1))
+            throw new ArgumentOutOfRangeException(nameof(BackboneLearningRateScale), BackboneLearningRateScale, "The backbone's learning-rate scale must lie in (0, 1].");
+        if ((HeadOnlyEpochs > 0 || BackboneLearningRateScale != 1) && string.IsNullOrWhiteSpace(HeadModuleName))
+            throw new ArgumentException("Fine-tuning (HeadOnlyEpochs, BackboneLearningRateScale) needs a HeadModuleName.", nameof(HeadModuleName));
         if (Threads is < 1)
             throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "The thread count must be at least 1.");
         if (!Enum.IsDefined(OneDnn))

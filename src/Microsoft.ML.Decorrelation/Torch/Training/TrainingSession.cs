@@ -26,6 +26,12 @@ public sealed class TrainingSession : IDisposable
     private readonly int? _callersThreads;
     private double _learningRateScale = 1;
     private double _decorrelationScheduleFactor = 1;
+    private readonly double[] _groupRateScales;
+    private readonly long _headOnlySteps;
+    private readonly IReadOnlyList<TorchSharp.Modules.Parameter> _backboneParameters;
+    private readonly IReadOnlyList<nn.Module> _backboneBatchNorms;
+    private readonly IReadOnlyList<DecorrelatedLayer> _backboneLayers;
+    private bool _backboneFrozen;
 
     internal TrainingSession(nn.Module<Tensor, Tensor> network, TrainingOptions options, int stepsPerEpoch)
     {
@@ -48,11 +54,35 @@ public sealed class TrainingSession : IDisposable
                 layer.SampleFraction = layer is DecorrelatedConv2d ? decorrelation.ConvolutionSampleFraction : decorrelation.LinearSampleFraction;
             }
         }
-        _optimizer = options.Optimizer switch
+        (_backboneParameters, _backboneBatchNorms, _backboneLayers) = Backbone(network, options, Decorrelation.Layers);
+        _headOnlySteps = (long)Math.Min(options.HeadOnlyEpochs, options.Epochs) * stepsPerEpoch;
+        if (options.BackboneLearningRateScale == 1)
         {
-            OptimizerKind.Sgd => optim.SGD(network.parameters(), options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
-            _ => optim.Adam(network.parameters(), options.LearningRate, weight_decay: options.WeightDecay),
-        };
+            _groupRateScales = [1];
+            _optimizer = options.Optimizer switch
+            {
+                OptimizerKind.Sgd => optim.SGD(network.parameters(), options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
+                _ => optim.Adam(network.parameters(), options.LearningRate, weight_decay: options.WeightDecay),
+            };
+        }
+        else
+        {
+            // Two groups, backbone then head, each with its own learning rate.
+            _groupRateScales = [options.BackboneLearningRateScale, 1];
+            var backbone = _backboneParameters.ToHashSet();
+            var head = network.parameters().Where(p => !backbone.Contains(p)).ToList();
+            _optimizer = options.Optimizer switch
+            {
+                OptimizerKind.Sgd => optim.SGD(
+                    [new TorchSharp.Modules.SGD.ParamGroup(_backboneParameters, options.LearningRate, options.Momentum, weight_decay: options.WeightDecay),
+                     new TorchSharp.Modules.SGD.ParamGroup(head, options.LearningRate, options.Momentum, weight_decay: options.WeightDecay)],
+                    options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
+                _ => optim.Adam(
+                    [new TorchSharp.Modules.Adam.ParamGroup(_backboneParameters, options.LearningRate, weight_decay: options.WeightDecay),
+                     new TorchSharp.Modules.Adam.ParamGroup(head, options.LearningRate, weight_decay: options.WeightDecay)],
+                    options.LearningRate, weight_decay: options.WeightDecay),
+            };
+        }
         LearningRate = options.LearningRate;
         _decorrelationRates = Decorrelation.Layers.Select(layer => layer.LearningRate).ToArray();
         _decorrelationFollowsSchedule = decorrelation?.FollowLearningRateSchedule ?? true;
@@ -63,6 +93,39 @@ public sealed class TrainingSession : IDisposable
             _callersThreads = get_num_threads();
             set_num_threads(threads);
         }
+    }
+
+    /// <summary>
+    /// The backbone of a fine-tuning run: the parameters, BatchNorm modules and decorrelated layers outside the head module.
+    /// Empty when the options ask for no fine-tuning control.
+    /// </summary>
+    private static (IReadOnlyList<TorchSharp.Modules.Parameter>, IReadOnlyList<nn.Module>, IReadOnlyList<DecorrelatedLayer>) Backbone(
+        nn.Module<Tensor, Tensor> network, TrainingOptions options, IReadOnlyList<DecorrelatedLayer> layers)
+    {
+        if (options.HeadOnlyEpochs == 0 && options.BackboneLearningRateScale == 1)
+            return ([], [], []);
+        string head = options.HeadModuleName;
+        bool InHead(string name) => name == head || name.StartsWith(head + ".", StringComparison.Ordinal);
+        var parameters = network.named_parameters().ToList();
+        if (!parameters.Any(p => InHead(p.name)))
+            throw new ArgumentException($"Fine-tuning needs a head, but the network has no parameter under the module '{head}' ({nameof(TrainingOptions.HeadModuleName)}).");
+        var batchNorms = network.named_modules()
+            .Where(m => !InHead(m.name) && m.module is TorchSharp.Modules.BatchNorm1d or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm3d)
+            .Select(m => m.module).ToList();
+        return (parameters.Where(p => !InHead(p.name)).Select(p => p.parameter).ToList(), batchNorms,
+            layers.Where(l => !InHead(l.LayerName)).ToList());
+    }
+
+    /// <summary>Whether the backbone is frozen at the current step (the head-only epochs of <see cref="TrainingOptions.HeadOnlyEpochs"/>).</summary>
+    public bool BackboneFrozen => _backboneFrozen;
+
+    private void FreezeBackbone(bool frozen)
+    {
+        if (frozen == _backboneFrozen)
+            return;
+        foreach (var parameter in _backboneParameters)
+            parameter.requires_grad = !frozen;
+        _backboneFrozen = frozen;
     }
 
     /// <summary>
@@ -164,13 +227,23 @@ public sealed class TrainingSession : IDisposable
         int epoch = (int)(StepCount / StepsPerEpoch) + 1;
         double scheduled = _options.LearningRateAt(StepCount, _totalSteps, StepsPerEpoch);
         LearningRate = scheduled * _learningRateScale;
+        int groupIndex = 0;
         foreach (var group in _optimizer.ParamGroups)
-            group.LearningRate = LearningRate;
+            group.LearningRate = LearningRate * _groupRateScales[groupIndex++];
         _decorrelationScheduleFactor = _decorrelationFollowsSchedule ? scheduled / _options.LearningRate : 1;
         ApplyDecorrelationRates();
 
+        FreezeBackbone(StepCount < _headOnlySteps);
         Network.train();
         Decorrelation.BeginStep(StepCount);
+        if (_backboneFrozen)
+        {
+            // A frozen backbone keeps its BatchNorm statistics and its decorrelation matrices as well as its weights.
+            foreach (var batchNorm in _backboneBatchNorms)
+                batchNorm.eval();
+            foreach (var layer in _backboneLayers)
+                layer.CollectStatistics = false;
+        }
         long start = Stopwatch.GetTimestamp();
         _optimizer.zero_grad();
         var logits = Network.forward(images);
@@ -213,11 +286,12 @@ public sealed class TrainingSession : IDisposable
     }
 
     /// <summary>
-    /// Releases the optimizer's state and the sampling generator, and gives the calling thread back its
-    /// oneDNN setting and Torch thread count. Dispose on the thread that created the session.
+    /// Releases the optimizer's state and the sampling generator, unfreezes a frozen backbone, and gives the calling
+    /// thread back its oneDNN setting and Torch thread count. Dispose on the thread that created the session.
     /// </summary>
     public void Dispose()
     {
+        FreezeBackbone(false);
         _optimizer.Dispose();
         _kernels.Dispose();
         Decorrelation.SamplingGenerator = null;
