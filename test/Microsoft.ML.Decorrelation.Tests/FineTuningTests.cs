@@ -1,3 +1,4 @@
+using Microsoft.ML.Data;
 using Microsoft.ML.Decorrelation.Torch;
 using Microsoft.ML.Decorrelation.Torch.Architectures;
 using Microsoft.ML.Decorrelation.Torch.Data;
@@ -137,5 +138,119 @@ public class FineTuningTests : TempFolderTest
         var trainer = new NetworkTrainer(new TrainingOptions { HeadOnlyEpochs = 1, HeadModuleName = "fc" });
         var e = Assert.ThrowsExactly<ArgumentException>(() => trainer.CreateSession(network, 1));
         StringAssert.Contains(e.Message, "'fc'");
+    }
+
+    // ---- the trainer ----
+
+    /// <summary>A full-width ResNet-18 with random weights, written as torchvision would name it (a stand-in for torchvision's file).</summary>
+    private string TorchvisionResNet18File(int classes)
+    {
+        using var scope = NewDisposeScope();
+        random.manual_seed(21);
+        using var network = NetworkBuilder.ResNet18(3, classes, ResNetStem.ImageNet);
+        var renamed = network.state_dict().ToDictionary(p => TorchvisionResNetNames.ToTorchvision(p.Key)!, p => p.Value);
+        string path = Path.Combine(TempFolder, "resnet18.pth");
+        StateDictFile.WritePyTorch(path, renamed);
+        return path;
+    }
+
+    [TestMethod]
+    public void TrainerFineTunesTorchvisionWeightsOnGrayscaleImagesAndTheModelKeepsTheirStem()
+    {
+        string weights = TorchvisionResNet18File(classes: 7);
+        var ml = new MLContext(3);
+        var messages = new List<string>();
+        ml.Log += (_, e) =>
+        {
+            if (e.Kind == Runtime.ChannelMessageKind.Info && e.Source.Contains("DecorrelatedImageClassificationTrainer"))
+                lock (messages) messages.Add(e.Message);
+        };
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 96)))
+            .Transform(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 96)));
+        var options = new DecorrelatedImageClassificationTrainer.Options
+        {
+            Architecture = CnnArchitecture.ResNet18, PretrainedWeightsPath = weights, MaxEpoch = 1, HeadOnlyEpochs = 1, BatchSize = 32,
+            LearningRateSchedule = LearningRateSchedule.Constant,
+        };
+        using var model = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(data);
+        string log = string.Join("\n", messages);
+        StringAssert.Contains(log, "a ResNet-18 (width 64, ImageNet stem, 3 input channels, 7 classes); the ImageNet stem");
+        StringAssert.Contains(log, "'fc.weight' has 7 classes and this network 10");
+        StringAssert.Contains(log, "'conv1.weight' was pretrained on 3 channels");
+        StringAssert.Contains(log, "ImageNet's per-channel mean");
+        Assert.AreEqual(ResNetStem.ImageNet, model.Network.Stem, "28×28 images, yet the weights' stem");
+        Assert.AreEqual((0.485f + 0.456f + 0.406f) / 3 * 255, model.Network.Mean[0], 1e-3);
+        Assert.AreEqual((0.229f + 0.224f + 0.225f) / 3 * 255, model.Network.StandardDeviation[0], 1e-3);
+
+        // Head only: the folded backbone is the file's (R stayed I), summed over channels for the stem.
+        using (var file = new PretrainedWeightsTests.DisposableStateDict(StateDictFile.Read(weights)))
+        using (var scope = NewDisposeScope())
+        {
+            var trained = model.Network.Network.state_dict();
+            Assert.IsTrue((trained["layer3.1.residual.conv2.weight"] - file.Tensors["layer3.1.conv2.weight"]).abs().max().item<float>() < 1e-6);
+            Assert.IsTrue((trained["stem.conv.weight"] - file.Tensors["conv1.weight"].sum(1, keepdim: true)).abs().max().item<float>() < 1e-5);
+            Assert.IsTrue(trained["layer1.0.residual.bn1.running_mean"].equal(file.Tensors["layer1.0.bn1.running_mean"]).all().item<bool>());
+        }
+
+        string path = Path.Combine(TempFolder, "model.zip");
+        ml.Model.Save(model, data.Schema, path);
+        var (loadedModel, loaded) = DecorrelatedImageClassificationTransformer.Load(ml, path);
+        using (loaded)
+        {
+            Assert.AreEqual(ResNetStem.ImageNet, loaded.Network.Stem);
+            var expected = model.Transform(data).GetColumn<float[]>("Score").ToArray();
+            var actual = loadedModel.Transform(data).GetColumn<float[]>("Score").ToArray();
+            for (int i = 0; i < expected.Length; i++)
+                CollectionAssert.AreEqual(expected[i], actual[i], $"row {i}");
+        }
+    }
+
+    [TestMethod]
+    public void ModelsWrittenBeforeStemsWereStoredStillLoad()
+    {
+        var ml = new MLContext(2);
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 64)))
+            .Transform(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 64)));
+        using var model = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(new DecorrelatedImageClassificationTrainer.Options
+        {
+            Architecture = CnnArchitecture.ResNet18, MaxEpoch = 1, BatchSize = 32,
+        }).Fit(data);
+        string path = Path.Combine(TempFolder, "old.zip");
+        DecorrelatedImageClassificationTransformer.SavedFormatVersion = 0x00010002;
+        try
+        {
+            ml.Model.Save(model, data.Schema, path);
+        }
+        finally
+        {
+            DecorrelatedImageClassificationTransformer.SavedFormatVersion = DecorrelatedImageClassificationTransformer.FormatVersion;
+        }
+        var (loadedModel, loaded) = DecorrelatedImageClassificationTransformer.Load(ml, path);
+        using (loaded)
+        {
+            Assert.AreEqual(ResNetStem.SmallImage, loaded.Network.Stem, "chosen by image size, as that format did");
+            CollectionAssert.AreEqual(model.Transform(data).GetColumn<float[]>("Score").First(), loadedModel.Transform(data).GetColumn<float[]>("Score").First());
+        }
+    }
+
+    [TestMethod]
+    public void TrainerRefusesWeightsThatDoNotFitNamingTheOptionAndTheNetworks()
+    {
+        var ml = new MLContext(1);
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 32)))
+            .Transform(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 32)));
+        var options = new DecorrelatedImageClassificationTrainer.Options
+        {
+            Architecture = CnnArchitecture.ResNet34, PretrainedWeightsPath = TorchvisionResNet18File(classes: 10), MaxEpoch = 1,
+        };
+        var e = Assert.ThrowsExactly<ArgumentException>(() => ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(data));
+        StringAssert.Contains(e.Message, "Option PretrainedWeightsPath");
+        StringAssert.Contains(e.Message, "the file holds a ResNet-18");
+        StringAssert.Contains(e.Message, "the network is a ResNet-34");
+        StringAssert.Contains(e.Message, "Missing: 'layer1.2.residual.bn1.bias'");
+
+        options.PretrainedWeightsPath = Path.Combine(TempFolder, "absent.pth");
+        var missing = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options));
+        StringAssert.Contains(missing.Message, "absent.pth");
     }
 }

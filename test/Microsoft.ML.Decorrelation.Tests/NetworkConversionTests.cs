@@ -72,6 +72,11 @@ public class NetworkConversionTests
         var folded = NetworkConversion.ToPlain(decorrelated);
         foreach (var network in new[] { plain, decorrelated, folded })
             network.eval();
+        // Every copy keeps each tensor's type, so a folded network saves into what a freshly built one loads.
+        var plainTypes = plain.state_dict().ToDictionary(p => p.Key, p => p.Value.dtype);
+        foreach (var (key, value) in folded.state_dict())
+            Assert.AreEqual(plainTypes[key], value.dtype, key);
+        Assert.AreEqual(ScalarType.Int64, folded.state_dict()["stem.bn.num_batches_tracked"].dtype);
 
         var input = rand(2, 3, 16, 16);
         var expected = decorrelated.forward(input);

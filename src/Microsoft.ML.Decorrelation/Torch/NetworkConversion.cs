@@ -177,6 +177,10 @@ public static class NetworkConversion
                 var first = norm.parameters().Concat(norm.buffers()).FirstOrDefault();
                 var copy = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum ?? 0.1, norm.affine, norm.track_running_stats, first?.device, first?.dtype);
                 copy.momentum = norm.momentum;   // null (a cumulative average) must stay null
+                // TorchSharp gives num_batches_tracked the module's dtype when one is passed; PyTorch and a module built
+                // without one keep it int64, which saved models must match.
+                if (norm.num_batches_tracked is { } tracked && copy.num_batches_tracked is { } copied && copied.dtype != tracked.dtype)
+                    copy.num_batches_tracked = zeros_like(tracked);
                 CopyState(module, copy);
                 return copy;
             case Conv2d conv:

@@ -92,7 +92,7 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         var shape = new ImageShape(reader.ReadInt32(), reader.ReadInt32(), reader.ReadInt32());
         int classes = reader.ReadInt32();
         if (!Enum.IsDefined(kind) || !Enum.IsDefined(architecture) || shape.Channels < 1 || shape.Height < 1 || shape.Width < 1 || classes < 2 || shape.Channels > 4096
-            || (storedStem >= 0 && !Enum.IsDefined((Torch.Architectures.ResNetStem)storedStem)) || storedStem < -2 || (storedStem >= 0) == (architecture == CnnArchitecture.SmallCnn))
+            || !ValidStem(storedStem, architecture))
             throw env.ExceptDecode($"The model holds invalid settings (input {kind}, architecture {architecture}, stem {storedStem}, images {shape}, {classes} classes).");
         var stem = storedStem >= 0 ? (Torch.Architectures.ResNetStem)storedStem : ImageClassifierNetwork.DefaultStem(architecture, shape);
         var mean = Enumerable.Range(0, shape.Channels).Select(_ => reader.ReadSingle()).ToArray();
@@ -118,6 +118,10 @@ public sealed partial class DecorrelatedImageClassificationTransformer
         var model = new ImageClassifierNetwork(network, architecture, stem, shape, classes, mean, deviation, device);
         return new DecorrelatedImageClassificationTransformer(env, model, ImageInput.Restore(feature, kind, shape), label, score, predictedLabel, names);
     }
+
+    /// <summary>A stored stem fits the architecture: −1 for the small CNN, a <see cref="Torch.Architectures.ResNetStem"/> for a ResNet; −2 = not stored (older formats).</summary>
+    private static bool ValidStem(int stem, CnnArchitecture architecture)
+        => stem == -2 || (architecture == CnnArchitecture.SmallCnn ? stem == -1 : stem >= 0 && Enum.IsDefined((Torch.Architectures.ResNetStem)stem));
 
     private static readonly (DataKind Kind, PrimitiveDataViewType Type)[] KeyValueKinds =
     [
