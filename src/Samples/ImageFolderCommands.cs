@@ -24,13 +24,36 @@ internal static class ImageFolderCommands
         var images = new Option<DirectoryInfo>("--images") { Description = "A folder with one sub-folder of images per class.", Required = true };
         var model = new Option<FileInfo>("--model") { Description = "Where to save the model.", DefaultValueFactory = _ => new FileInfo("model.zip") };
         var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => new DecorrelatedImageClassificationTrainer.Options().MaxEpoch };
-        var size = new Option<int>("--size") { Description = "Images are resized to SIZE×SIZE.", DefaultValueFactory = _ => 32 };
+        var size = new Option<int?>("--size") { Description = "Images are resized to SIZE×SIZE. Default 32, or 224 with --pretrained (what ImageNet weights expect)." };
         var architecture = new Option<CnnArchitecture>("--arch") { Description = "Network.", DefaultValueFactory = _ => CnnArchitecture.SmallCnn };
         var batchSize = new Option<int>("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => new DecorrelatedImageClassificationTrainer.Options().BatchSize };
         var plain = new Option<bool>("--backprop") { Description = "Train with plain backpropagation instead of DBP." };
-        var command = new System.CommandLine.Command("train", "Train an image classifier on a folder of class sub-folders and save it.") { images, model, epochs, size, architecture, batchSize, plain };
-        command.SetAction(result => RunTrain(AnsiConsole.Console, result.GetValue(images)!, result.GetValue(model)!, result.GetValue(epochs), result.GetValue(size),
-            result.GetValue(architecture), result.GetValue(batchSize), !result.GetValue(plain)));
+        var pretrained = new Option<FileInfo?>("--pretrained")
+        {
+            Description = "Start from a pretrained state dict (.pth/.pt, .safetensors or TorchSharp's format; torchvision's resnet18/34/50 or this library's names). " +
+                          "Needs the matching --arch.",
+        };
+        var headOnly = new Option<int>("--head-only-epochs") { Description = "Train only the classifier for this many epochs, then every layer." };
+        var backboneScale = new Option<double>("--backbone-lr-scale") { Description = "The backbone's learning rate as a fraction of the classifier's.", DefaultValueFactory = _ => 1 };
+        var command = new System.CommandLine.Command("train", "Train an image classifier on a folder of class sub-folders and save it.")
+        {
+            images, model, epochs, size, architecture, batchSize, plain, pretrained, headOnly, backboneScale,
+        };
+        command.SetAction(result =>
+        {
+            var weights = result.GetValue(pretrained);
+            return RunTrain(AnsiConsole.Console, new TrainSettings(result.GetValue(images)!, result.GetValue(model)!)
+            {
+                Epochs = result.GetValue(epochs),
+                Size = result.GetValue(size) ?? (weights is null ? 32 : 224),
+                Architecture = result.GetValue(architecture),
+                BatchSize = result.GetValue(batchSize),
+                Decorrelate = !result.GetValue(plain),
+                Pretrained = weights,
+                HeadOnlyEpochs = result.GetValue(headOnly),
+                BackboneLearningRateScale = result.GetValue(backboneScale),
+            });
+        });
         return command;
     }
 
@@ -43,8 +66,25 @@ internal static class ImageFolderCommands
         return command;
     }
 
-    internal static int RunTrain(IAnsiConsole console, DirectoryInfo folder, FileInfo modelFile, int epochs, int size, CnnArchitecture architecture, int batchSize, bool decorrelate)
+    /// <summary>What <c>train</c> was asked for.</summary>
+    internal sealed record TrainSettings(DirectoryInfo Folder, FileInfo ModelFile)
     {
+        public int Epochs { get; init; } = new DecorrelatedImageClassificationTrainer.Options().MaxEpoch;
+        public int Size { get; init; } = 32;
+        public CnnArchitecture Architecture { get; init; } = CnnArchitecture.SmallCnn;
+        public int BatchSize { get; init; } = new DecorrelatedImageClassificationTrainer.Options().BatchSize;
+        public bool Decorrelate { get; init; } = true;
+        public FileInfo? Pretrained { get; init; }
+        public int HeadOnlyEpochs { get; init; }
+        public double BackboneLearningRateScale { get; init; } = 1;
+    }
+
+    internal static int RunTrain(IAnsiConsole console, TrainSettings settings)
+    {
+        var (folder, modelFile) = (settings.Folder, settings.ModelFile);
+        int epochs = settings.Epochs, size = settings.Size;
+        if (settings.Pretrained is { Exists: false } missing)
+            throw new FileNotFoundException($"--pretrained: '{missing.FullName}' does not exist.", missing.FullName);
         if (!folder.Exists)
             throw new DirectoryNotFoundException($"--images: '{folder.FullName}' does not exist.");
         var rows = folder.GetDirectories().OrderBy(d => d.Name, StringComparer.Ordinal)
@@ -58,15 +98,25 @@ internal static class ImageFolderCommands
         console.MarkupLineInterpolated($"{rows.Length} images in {classes} classes from {folder.FullName}.");
 
         var ml = new MLContext(seed: 0);
+        // The trainer's notes (pretrained weights, standardisation, what it trains); its epochs come through MetricsCallback.
+        ml.Log += (_, e) =>
+        {
+            if (e.Kind == Runtime.ChannelMessageKind.Info && e.Source.EndsWith(nameof(DecorrelatedImageClassificationTrainer), StringComparison.Ordinal)
+                && !e.RawMessage.StartsWith("Epoch ", StringComparison.Ordinal) && !e.RawMessage.StartsWith("Decoded ", StringComparison.Ordinal))
+                console.MarkupLineInterpolated($"[grey]{e.RawMessage}[/]");
+        };
         var data = ml.Data.ShuffleRows(ml.Data.LoadFromEnumerable(rows), seed: 0);
         var labels = ml.Transforms.Conversion.MapValueToKey("Label").Fit(data);
         ProgressTask? decoding = null, training = null;
         var options = new DecorrelatedImageClassificationTrainer.Options
         {
-            Architecture = architecture,
+            Architecture = settings.Architecture,
             MaxEpoch = epochs,
-            BatchSize = batchSize,
-            UseDecorrelation = decorrelate,
+            BatchSize = settings.BatchSize,
+            UseDecorrelation = settings.Decorrelate,
+            PretrainedWeightsPath = settings.Pretrained?.FullName,
+            HeadOnlyEpochs = settings.HeadOnlyEpochs,
+            BackboneLearningRateScale = settings.BackboneLearningRateScale,
             ValidationFraction = rows.Length >= 50 ? 0.1 : 0,
             MetricsCallback = m => console.MarkupLineInterpolated($"{m}"),
             DecodingProgressCallback = p =>

@@ -244,13 +244,43 @@ public class SamplesTests : TempFolderTest
         }
         var (console, output) = CapturedConsole();
         var modelFile = new FileInfo(Path.Combine(TempFolder, "model.zip"));
-        ImageFolderCommands.RunTrain(console, new DirectoryInfo(images), modelFile, epochs: 3, size: 28, CnnArchitecture.SmallCnn, batchSize: 16, decorrelate: true);
+        ImageFolderCommands.RunTrain(console, new ImageFolderCommands.TrainSettings(new DirectoryInfo(images), modelFile) { Epochs = 3, Size = 28, BatchSize = 16 });
         Assert.IsTrue(modelFile.Exists);
 
         var trousers = Directory.GetFiles(Path.Combine(images, "Trouser")).Take(3).Select(f => new FileInfo(f)).ToArray();
         ImageFolderCommands.RunPredict(console, modelFile, trousers);
         string text = output.ToString();
         Assert.IsGreaterThanOrEqualTo(2, text.Split('\n').Count(line => line.Contains("Trouser") && line.Contains(".png")), text);
+    }
+
+    [TestMethod]
+    public void TrainFromPretrainedWeightsSaysWhatItLoadedAndPredicts()
+    {
+        var images = Folder("images");
+        var rows = MLNetData.WritePngs(Folder("flat"), train: true, count: 120);
+        foreach (var row in rows.Where(r => r.Label is "Trouser" or "Bag"))
+        {
+            var classFolder = Directory.CreateDirectory(Path.Combine(images, row.Label)).FullName;
+            File.Copy(Path.Combine(TempFolder, "flat", row.ImagePath), Path.Combine(classFolder, row.ImagePath));
+        }
+        // A small CNN's weights for 3-channel 28×28 images and 10 classes, in PyTorch's format with this library's names.
+        string weights = Path.Combine(TempFolder, "small-cnn.pth");
+        using (var network = Torch.Architectures.NetworkBuilder.SmallCnn(3, 28, 28, 10))
+            Torch.Pretrained.StateDictFile.WritePyTorch(weights, network.state_dict());
+        var (console, output) = CapturedConsole();
+        var modelFile = new FileInfo(Path.Combine(TempFolder, "model.zip"));
+        ImageFolderCommands.RunTrain(console, new ImageFolderCommands.TrainSettings(new DirectoryInfo(images), modelFile)
+        {
+            Epochs = 2, Size = 28, BatchSize = 16, Pretrained = new FileInfo(weights), HeadOnlyEpochs = 1, BackboneLearningRateScale = 0.1,
+        });
+        string text = System.Text.RegularExpressions.Regex.Replace(output.ToString(), @"\s+", " ");   // the console wraps lines
+        StringAssert.Contains(text, "Starting from the pretrained weights");
+        StringAssert.Contains(text, "small CNN (3 input channels, 10 classes)");
+        StringAssert.Contains(text, "has 10 classes and this network 2");
+        StringAssert.Contains(text, "the classifier only for 1 epoch(s), backbone learning rate ×0.1");
+        Assert.IsTrue(modelFile.Exists);
+        ImageFolderCommands.RunPredict(console, modelFile, Directory.GetFiles(Path.Combine(images, "Bag")).Take(2).Select(f => new FileInfo(f)).ToArray());
+        Assert.AreEqual(2, output.ToString().Split('\n').Count(line => line.Contains(".png") && line.Contains('%')), output.ToString());
     }
 
     [TestMethod]

@@ -335,7 +335,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             validationCache?.Standardize(mean, deviation);
             channel.Info($"Training {options.Architecture} with {(options.UseDecorrelation ? "decorrelated backpropagation" : "backpropagation")} " +
                          $"on {device.type}, {trainSet.Count} images, {classCount} classes, {options.MaxEpoch} epochs, seed {trainingOptions.Seed}" +
-                         (options.HeadOnlyEpochs > 0 ? $", the classifier only for {Math.Min(options.HeadOnlyEpochs, options.MaxEpoch)} epochs" : "") +
+                         (options.HeadOnlyEpochs > 0 ? $", the classifier only for {Math.Min(options.HeadOnlyEpochs, options.MaxEpoch)} epoch(s)" : "") +
                          (options.BackboneLearningRateScale != 1 ? $", backbone learning rate ×{options.BackboneLearningRateScale}" : "") + ".");
             new NetworkTrainer(trainingOptions).Train(network, trainSet, validation,
                 onMetrics: m =>
