@@ -49,6 +49,7 @@ root.Subcommands.Add(PipelineExample.Create());
 root.Subcommands.Add(OneDnnCost.Create());
 root.Subcommands.Add(CacheBench.Create());
 root.Subcommands.Add(SelectCommand.Create());
+root.Subcommands.Add(TransferBench.Create());
 foreach (var command in NativeScan.Create())
     root.Subcommands.Add(command);
 return root.Parse(args).Invoke();

@@ -108,10 +108,11 @@ public class BuildTests
             var groups = metadata.Element(ns + "dependencies")!.Elements(ns + "group").ToList();
             Assert.AreEqual("net10.0", groups.Single().Attribute("targetFramework")!.Value);
             var dependencies = groups.Single().Elements(ns + "dependency").ToDictionary(d => d.Attribute("id")!.Value, d => d.Attribute("version")!.Value);
-            CollectionAssert.AreEquivalent(new[] { "Microsoft.Data.Sqlite", "Microsoft.ML", "Microsoft.ML.ImageAnalytics", "TorchSharp" }, dependencies.Keys.ToArray(),
+            CollectionAssert.AreEquivalent(new[] { "Microsoft.Data.Sqlite", "Microsoft.ML", "Microsoft.ML.ImageAnalytics", "TorchSharp", "TorchSharp.PyBridge" }, dependencies.Keys.ToArray(),
                 $"dependencies: {string.Join(", ", dependencies.Select(d => d.Key + " " + d.Value))}");
             Assert.AreEqual("[5.0.1]", dependencies["Microsoft.ML"]);
             Assert.AreEqual("[0.107.0]", dependencies["TorchSharp"]);
+            Assert.AreEqual("[1.4.4]", dependencies["TorchSharp.PyBridge"]);
             Assert.IsFalse(dependencies.Keys.Any(d => d.StartsWith("libtorch", StringComparison.OrdinalIgnoreCase) || d.Contains("cuda", StringComparison.OrdinalIgnoreCase)),
                 "the application chooses the LibTorch backend");
         }

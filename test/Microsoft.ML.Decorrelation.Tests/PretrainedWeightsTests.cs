@@ -85,6 +85,21 @@ public class PretrainedWeightsTests : TempFolderTest
     }
 
     [TestMethod]
+    public void ClassifierOfTheSameClassCountIsReplacedWhenAsked()
+    {
+        using var scope = NewDisposeScope();
+        random.manual_seed(3);
+        var model = ReducedResNet("resnet18-w8", 3);
+        var fresh = model.state_dict()["classifier.bias"].clone();
+        var notes = PretrainedWeights.Load(model, Fixture("resnet18-w8.pth"), replaceClassifier: true);
+        StringAssert.Contains(notes.Single(), "has 5 classes and this network 5: the classifier is replaced (as asked)");
+        Assert.IsTrue(Same(model.state_dict()["classifier.bias"], fresh));
+        var kept = ReducedResNet("resnet18-w8", 3);
+        Assert.AreEqual(0, PretrainedWeights.Load(kept, Fixture("resnet18-w8.pth")).Count);
+        Assert.IsFalse(Same(kept.state_dict()["classifier.bias"], fresh), "by default a same-sized classifier is loaded");
+    }
+
+    [TestMethod]
     public void TorchSharpFormatInEitherNamingLoadsToTheSameNetwork()
     {
         using var scope = NewDisposeScope();

@@ -51,6 +51,12 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         public CnnArchitecture Architecture = CnnArchitecture.SmallCnn;
 
         /// <summary>
+        /// The stem of a ResNet. Null (the default): that of the <see cref="PretrainedWeightsPath"/> weights, else the 3×3 small-image
+        /// stem for images up to 64×64 and the ImageNet stem (7×7 stride 2, max-pool) for larger ones.
+        /// </summary>
+        public Torch.Architectures.ResNetStem? Stem;
+
+        /// <summary>
         /// Image channels: for a float vector without dimensions, its channel count; for images, 1 (grayscale)
         /// or 3 (RGB, the default). 0 = infer.
         /// </summary>
@@ -121,6 +127,13 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <see cref="PretrainedWeightsPath"/>, else <see cref="PixelStandardization.TrainingSet"/>.
         /// </summary>
         public PixelStandardization? Standardization;
+
+        /// <summary>
+        /// With <see cref="PretrainedWeightsPath"/>: keep the pretrained classifier when it has as many classes as the label (the
+        /// same classes, in the same order). Default false: the classifier starts fresh, as for a new task; a classifier of
+        /// another class count is always replaced.
+        /// </summary>
+        public bool KeepPretrainedClassifier;
 
         /// <summary>
         /// Fine-tuning: train only the classifier for this many epochs (the rest frozen: weights, BatchNorm statistics and
@@ -444,7 +457,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         var options = _options;
         if (options.PretrainedWeightsPath is not { } path)
         {
-            var defaultStem = ImageClassifierNetwork.DefaultStem(options.Architecture, shape);
+            var defaultStem = options.Architecture == CnnArchitecture.SmallCnn ? null : options.Stem ?? ImageClassifierNetwork.DefaultStem(options.Architecture, shape);
             return (NetworkTrainer.CreateNetwork(d => ImageClassifierNetwork.Build(options.Architecture, defaultStem, shape, classCount, d),
                 trainingOptions, options.UseDecorrelation), defaultStem);
         }
@@ -453,7 +466,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         {
             var info = Torch.Pretrained.PretrainedWeights.Inspect(weights);
             // The weights' stem (torchvision's: ImageNet), whatever the image size.
-            var stem = options.Architecture == CnnArchitecture.SmallCnn ? null : info.Stem ?? ImageClassifierNetwork.DefaultStem(options.Architecture, shape);
+            var stem = options.Architecture == CnnArchitecture.SmallCnn ? null : options.Stem ?? info.Stem ?? ImageClassifierNetwork.DefaultStem(options.Architecture, shape);
             channel.Info($"Starting from the pretrained weights '{path}': a {info.Description}" +
                          (stem is { } s ? $"; the {(s == Torch.Architectures.ResNetStem.ImageNet ? "ImageNet" : "small-image")} stem." : "."));
             var network = NetworkTrainer.CreateNetwork(d =>
@@ -461,7 +474,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                 var plain = ImageClassifierNetwork.Build(options.Architecture, stem, shape, classCount, d);
                 try
                 {
-                    foreach (var note in Torch.Pretrained.PretrainedWeights.Load(plain, weights, path))
+                    foreach (var note in Torch.Pretrained.PretrainedWeights.Load(plain, weights, path, replaceClassifier: !options.KeepPretrainedClassifier))
                         channel.Info(note);
                     return plain;
                 }
@@ -584,6 +597,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         Check(options.PretrainedWeightsPath is null || File.Exists(options.PretrainedWeightsPath), nameof(Options.PretrainedWeightsPath),
             options.PretrainedWeightsPath ?? "", "the file does not exist.");
         Check(options.Standardization is null || Enum.IsDefined(options.Standardization.Value), nameof(Options.Standardization), options.Standardization!, "unknown standardisation.");
+        Check(options.Stem is null || Enum.IsDefined(options.Stem.Value), nameof(Options.Stem), options.Stem!, "unknown stem.");
         Check(options.HeadOnlyEpochs >= 0, nameof(Options.HeadOnlyEpochs), options.HeadOnlyEpochs, "must not be negative (0 = train every layer).");
         Check(options.BackboneLearningRateScale > 0 && options.BackboneLearningRateScale <= 1, nameof(Options.BackboneLearningRateScale),
             options.BackboneLearningRateScale, "must lie in (0, 1].");

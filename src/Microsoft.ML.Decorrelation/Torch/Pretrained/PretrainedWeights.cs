@@ -28,15 +28,18 @@ public static class PretrainedWeights
     public const string ClassifierName = "classifier";
 
     /// <summary>Reads <paramref name="path"/> (any <see cref="StateDictFormat"/>) and loads it into <paramref name="network"/>.</summary>
+    /// <param name="network">A plain network of <see cref="NetworkBuilder"/> (before any conversion to decorrelated layers).</param>
+    /// <param name="path">The state dict file.</param>
+    /// <param name="replaceClassifier">Keep the network's fresh classifier even when the file's has the same shape (a new task).</param>
     /// <returns>Notes on what was adapted (empty when the file fit exactly).</returns>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="InvalidDataException">The file is unreadable, or does not fit the network (the message names the tensor).</exception>
-    public static IReadOnlyList<string> Load(nn.Module network, string path)
+    public static IReadOnlyList<string> Load(nn.Module network, string path, bool replaceClassifier = false)
     {
         var stateDict = StateDictFile.Read(path);
         try
         {
-            return Load(network, stateDict, path);
+            return Load(network, stateDict, path, replaceClassifier);
         }
         finally
         {
@@ -49,9 +52,13 @@ public static class PretrainedWeights
     /// <param name="network">A plain network of <see cref="NetworkBuilder"/> (before any conversion to decorrelated layers).</param>
     /// <param name="stateDict">The pretrained tensors.</param>
     /// <param name="source">Where the tensors came from, for messages (a file name).</param>
+    /// <param name="replaceClassifier">
+    /// Keep the network's fresh classifier even when the file's has the same shape (a new task with as many classes). Without
+    /// it, the classifier is replaced only when the class counts differ.
+    /// </param>
     /// <returns>Notes on what was adapted (empty when the state dict fit exactly).</returns>
     /// <exception cref="InvalidDataException">A tensor is missing, unexpected or mis-shaped; the message names it.</exception>
-    public static IReadOnlyList<string> Load(nn.Module network, IReadOnlyDictionary<string, Tensor> stateDict, string source)
+    public static IReadOnlyList<string> Load(nn.Module network, IReadOnlyDictionary<string, Tensor> stateDict, string source, bool replaceClassifier = false)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(stateDict);
@@ -74,20 +81,20 @@ public static class PretrainedWeights
         var notes = new List<string>();
         var plan = new List<(Tensor Target, Tensor Source, bool SumChannels)>();
         string classifierWeight = ClassifierName + ".weight", classifierBias = ClassifierName + ".bias";
-        bool replaceClassifier = false;
+        bool classesDiffer = false;
         foreach (var (key, destination) in target)
         {
             var (value, original) = renamed[key];
             var want = destination.shape;
             var have = value.shape;
-            if (want.SequenceEqual(have))
+            if (want.SequenceEqual(have) && !(replaceClassifier && (key == classifierWeight || key == classifierBias)))
             {
                 plan.Add((destination, value, false));
                 continue;
             }
             if ((key == classifierWeight || key == classifierBias) && want.Length == have.Length && want.Skip(1).SequenceEqual(have.Skip(1)))
             {
-                replaceClassifier = true;
+                classesDiffer = true;
                 continue;
             }
             if (key == firstWeight && want.Length == 4 && have.Length == 4 && want[1] == 1 && have[1] == 3 && want[0] == have[0] && want[2] == have[2] && want[3] == have[3])
@@ -99,11 +106,11 @@ public static class PretrainedWeights
             throw new InvalidDataException($"The pretrained tensor '{original}' in '{source}' has shape [{string.Join(", ", have)}], but the network's " +
                 $"'{key}' has shape [{string.Join(", ", want)}]; the file holds a {Inspect(stateDict).Description}.");
         }
-        if (replaceClassifier)
+        if (classesDiffer || replaceClassifier)
         {
             long fileClasses = renamed[classifierWeight].Tensor.shape[0], classes = target[classifierWeight].shape[0];
             notes.Add($"The pretrained classifier '{renamed[classifierWeight].OriginalName}' has {fileClasses} classes and this network {classes}: " +
-                      "the classifier is replaced (freshly initialised); every other layer is pretrained.");
+                      $"the classifier is replaced{(classesDiffer ? "" : " (as asked)")} (freshly initialised); every other layer is pretrained.");
         }
 
         using (no_grad())
