@@ -12,7 +12,7 @@ internal static class ImageFolderCommands
 {
     private static readonly string[] ImageExtensions = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"];
 
-    private sealed class ImageRow
+    internal sealed class ImageRow
     {
         public string ImagePath { get; set; } = "";
 
@@ -59,12 +59,37 @@ internal static class ImageFolderCommands
 
     public static System.CommandLine.Command Predict()
     {
-        var model = new Option<FileInfo>("--model") { Description = "A model saved by train or by the main job.", Required = true };
+        var model = new Option<FileInfo?>("--model") { Description = "A model saved by train or by the main job." };
+        var onnx = new Option<FileInfo?>("--onnx") { Description = "Instead of --model: an ONNX model written by export, scored with ONNX Runtime (no TorchSharp)." };
         var images = new Argument<FileInfo[]>("images") { Description = "Image files to classify.", Arity = ArgumentArity.OneOrMore };
-        var command = new System.CommandLine.Command("predict", "Classify images with a saved model.") { model, images };
-        command.SetAction(result => RunPredict(AnsiConsole.Console, result.GetValue(model)!, result.GetValue(images)!));
+        var command = new System.CommandLine.Command("predict", "Classify images with a saved model (ML.NET zip, or ONNX).") { model, onnx, images };
+        command.SetAction(result => (result.GetValue(model), result.GetValue(onnx)) switch
+        {
+            ({ } zip, null) => RunPredict(AnsiConsole.Console, zip, result.GetValue(images)!),
+            (null, { } file) => OnnxCommands.RunPredict(AnsiConsole.Console, file, result.GetValue(images)!),
+            _ => throw new ArgumentException("predict needs exactly one of --model and --onnx."),
+        });
         return command;
     }
+
+    /// <summary>The rows of <paramref name="images"/> (paths), after checking that each exists.</summary>
+    internal static IDataView ImageRows(MLContext ml, FileInfo[] images)
+    {
+        foreach (var image in images.Where(i => !i.Exists))
+            throw new FileNotFoundException($"Image '{image.FullName}' does not exist.");
+        return ml.Data.LoadFromEnumerable(images.Select(i => new ImageRow { ImagePath = i.FullName }));
+    }
+
+    /// <summary>
+    /// Loads, resizes and extracts the pixels of the ImagePath column into <paramref name="pixelColumn"/> as the main job's
+    /// pixel vectors are made: planar, 0–255, the red plane for one channel (the PNGs are gray).
+    /// </summary>
+    internal static IEstimator<ITransformer> PixelPipeline(MLContext ml, string pixelColumn, int channels, int height, int width)
+        => ml.Transforms.LoadImages("Image", imageFolder: null, inputColumnName: "ImagePath")
+            .Append(ml.Transforms.ResizeImages("Image", width, height))
+            .Append(ml.Transforms.ExtractPixels(pixelColumn, "Image", colorsToExtract: channels == 1
+                ? Transforms.Image.ImagePixelExtractingEstimator.ColorBits.Red
+                : Transforms.Image.ImagePixelExtractingEstimator.ColorBits.Rgb));
 
     /// <summary>What <c>train</c> was asked for.</summary>
     internal sealed record TrainSettings(DirectoryInfo Folder, FileInfo ModelFile)
@@ -157,11 +182,9 @@ internal static class ImageFolderCommands
     {
         if (!modelFile.Exists)
             throw new FileNotFoundException($"--model: '{modelFile.FullName}' does not exist.");
-        foreach (var image in images.Where(i => !i.Exists))
-            throw new FileNotFoundException($"Image '{image.FullName}' does not exist.");
         var ml = new MLContext();
         var model = ml.Model.Load(modelFile.FullName, out var inputSchema);
-        var rows = ml.Data.LoadFromEnumerable(images.Select(i => new ImageRow { ImagePath = i.FullName }));
+        var rows = ImageRows(ml, images);
         IDataView input;
         if (inputSchema.GetColumnOrNull("ImagePath") is not null)
         {
@@ -170,13 +193,7 @@ internal static class ImageFolderCommands
         else if (inputSchema.GetColumnOrNull("Features")?.Type is VectorDataViewType { Dimensions.Length: 3 } pixels)
         {
             // A model trained on pixel vectors (the main job): make the vectors from the images the same way.
-            int channels = pixels.Dimensions[0], height = pixels.Dimensions[1], width = pixels.Dimensions[2];
-            input = ml.Transforms.LoadImages("Image", imageFolder: null, inputColumnName: "ImagePath")
-                .Append(ml.Transforms.ResizeImages("Image", width, height))
-                .Append(ml.Transforms.ExtractPixels("Features", "Image", colorsToExtract: channels == 1
-                    ? Transforms.Image.ImagePixelExtractingEstimator.ColorBits.Red
-                    : Transforms.Image.ImagePixelExtractingEstimator.ColorBits.Rgb))
-                .Fit(rows).Transform(rows);
+            input = PixelPipeline(ml, "Features", pixels.Dimensions[0], pixels.Dimensions[1], pixels.Dimensions[2]).Fit(rows).Transform(rows);
         }
         else
         {

@@ -284,6 +284,30 @@ public class SamplesTests : TempFolderTest
     }
 
     [TestMethod]
+    public void ExportThenPredictWithOnnxGivesTheClassesOfTheModel()
+    {
+        // The main job's model (pixel vectors, gray), exported and scored with ONNX Runtime; both in child processes (native ONNX Runtime).
+        var (console, output) = CapturedConsole();
+        var report = Folder("report");
+        new MainJob(console, Source()).Run(new MainJobSettings { Epochs = 1, TrainLimit = 1000, TestLimit = 200, ReportFolder = report });
+        var pngs = MLNetData.WritePngs(Folder("png"), train: false, count: 6).Select(p => Path.Combine(TempFolder, "png", p.ImagePath)).ToArray();
+        string model = Path.Combine(report, "model.zip"), onnx = Path.Combine(TempFolder, "model.onnx");
+        string samples = typeof(OnnxCommands).Assembly.Location;
+        var exported = ChildProcessRunner.Run(samples, ["export", "--model", model, "--onnx", onnx], null, TimeSpan.FromMinutes(3));
+        exported.AssertSucceeded("export");
+        StringAssert.Contains(System.Text.RegularExpressions.Regex.Replace(exported.Output, @"\s+", " "), "input 'Features' [-1, 1, 28, 28]");
+        var fromOnnx = ChildProcessRunner.Run(samples, ["predict", "--onnx", onnx, .. pngs], new Dictionary<string, string> { ["COLUMNS"] = "200" }, TimeSpan.FromMinutes(3));
+        fromOnnx.AssertSucceeded("predict --onnx");
+        ImageFolderCommands.RunPredict(console, new FileInfo(model), pngs.Select(p => new FileInfo(p)).ToArray());
+        // Each image's row: name, class, probability, from both.
+        static string[] Rows(string text) => text.Split('\n').Where(l => l.Contains("test-") && l.Contains('%'))
+            .Select(l => System.Text.RegularExpressions.Regex.Replace(l, @"\s+", " ").Trim()).ToArray();
+        var expected = Rows(output.ToString());
+        Assert.HasCount(6, expected, output.ToString());
+        CollectionAssert.AreEqual(expected, Rows(fromOnnx.Output), fromOnnx.Output);
+    }
+
+    [TestMethod]
     public void PredictReadsImagesForAModelTrainedOnPixelVectors()
     {
         var (console, output) = CapturedConsole();

@@ -13,7 +13,7 @@ namespace Microsoft.ML.Decorrelation;
 /// cursor checks it row by row with the rows' ids and fails, instead of pairing scores with other rows, on an
 /// input whose cursors disagree (a nondeterministic or shuffling source).
 /// </remarks>
-internal sealed class ScoringDataView : IDataView
+internal sealed partial class ScoringDataView : IDataView
 {
     private readonly DecorrelatedImageClassificationTransformer _transformer;
     private readonly IDataView _input;

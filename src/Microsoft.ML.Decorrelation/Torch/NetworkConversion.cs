@@ -116,7 +116,8 @@ public static class NetworkConversion
         return result;
     }
 
-    private static (long, long) ExplicitPadding(string path, Conv2d conv)
+    /// <summary>A convolution's padding as explicit (height, width) amounts; zero padding only ("same" only where it is symmetric).</summary>
+    internal static (long, long) ExplicitPadding(string path, Conv2d conv)
     {
         if (conv.padding_type is null)
             return (conv.padding![0], conv.padding[1]);

@@ -23,6 +23,12 @@ public sealed class ResidualBlock : nn.Module<Tensor, Tensor>, IComposedModule
         RegisterComponents();
     }
 
+    /// <summary>The residual branch.</summary>
+    internal nn.Module<Tensor, Tensor> Residual => residual;
+
+    /// <summary>The shortcut: identity or a projection.</summary>
+    internal nn.Module<Tensor, Tensor> Shortcut => shortcut;
+
     /// <inheritdoc />
     public override Tensor forward(Tensor input)
     {
