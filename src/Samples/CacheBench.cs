@@ -154,7 +154,7 @@ internal static class CacheBench
     private static int Speed(int rounds)
     {
         var source = new FashionMnistSource().Locate(null);
-        AnsiConsole.WriteLine($"Data: {source.Description}; CPU: {CpuModel()}");
+        AnsiConsole.WriteLine($"Data: {source.Description}; CPU: {MachineInfo.CpuModel()}");
         using var memory = FashionMnistSource.Load(source, train: true);
         var pixels = memory.Images.mul(255).round_().data<float>().ToArray();
         int size = 784;
@@ -218,7 +218,7 @@ internal static class CacheBench
         using var data = FashionMnistSource.Load(source, train: true, limit: count);
         var pixels = data.Images.mul(255).round_().to(ScalarType.Byte).data<byte>().ToArray();
         var labels = data.Labels.data<long>().ToArray();
-        AnsiConsole.WriteLine($"CPU: {CpuModel()}; {labels.Length} images of {source.Description}, written as 3×28×28 files");
+        AnsiConsole.WriteLine($"CPU: {MachineInfo.CpuModel()}; {labels.Length} images of {source.Description}, written as 3×28×28 files");
         var table = new Table().AddColumns("format", "first Fit: decoding (images/s)", "first Fit to first step (s)", "second Fit, reusing (s)");
         foreach (var format in new[] { "png", "jpg" })
         {
@@ -285,7 +285,4 @@ internal static class CacheBench
         AnsiConsole.Write(table);
         return 0;
     }
-
-    private static string CpuModel()
-        => File.Exists("/proc/cpuinfo") ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "?" : "?";
 }

@@ -45,6 +45,7 @@ root.SetAction(result =>
 root.Subcommands.Add(ImageFolderCommands.Train());
 root.Subcommands.Add(ImageFolderCommands.Predict());
 root.Subcommands.Add(OnnxCommands.Export());
+root.Subcommands.Add(OnnxBench.Create());
 root.Subcommands.Add(Bench.Create());
 root.Subcommands.Add(PipelineExample.Create());
 root.Subcommands.Add(OneDnnCost.Create());

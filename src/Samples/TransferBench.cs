@@ -103,9 +103,9 @@ internal static class TransferBench
         {
             Directory.Delete(folder, recursive: true);
         }
-        console.MarkupLineInterpolated($"CPU: {CpuModel()}");
+        console.MarkupLineInterpolated($"CPU: {MachineInfo.CpuModel()}");
         if (jsonPath is not null)
-            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new { cpu = CpuModel(), steps, pretrainEpochs, seeds, results }, new JsonSerializerOptions { WriteIndented = true }));
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new { cpu = MachineInfo.CpuModel(), steps, pretrainEpochs, seeds, results }, new JsonSerializerOptions { WriteIndented = true }));
         return 0;
     }
 
@@ -183,9 +183,4 @@ internal static class TransferBench
         }
         return (train.OrderBy(_ => random.Next()).ToList(), test);
     }
-
-    private static string CpuModel()
-        => File.Exists("/proc/cpuinfo")
-            ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "unknown"
-            : "unknown";
 }

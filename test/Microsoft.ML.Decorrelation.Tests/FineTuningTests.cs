@@ -18,8 +18,6 @@ public class FineTuningTests : TempFolderTest
     private static Dictionary<string, Tensor> Snapshot(nn.Module network)
         => network.state_dict().ToDictionary(p => p.Key, p => p.Value.detach().clone());
 
-    private static bool Same(Tensor a, Tensor b) => a.eq(b).all().item<bool>();
-
     private static ImageDataset RandomImages(int count, int channels, int size, int classes, int seed)
     {
         using var generator = new Generator((ulong)seed, CPU);
@@ -84,8 +82,8 @@ public class FineTuningTests : TempFolderTest
         int backboneChecked = 0;
         foreach (var (key, value) in start)
         {
-            bool changedInHeadOnly = !Same(value, afterHeadOnly[key]);
-            bool changedLater = !Same(afterHeadOnly[key], network.state_dict()[key]);
+            bool changedInHeadOnly = !PretrainedWeightsTests.Same(value, afterHeadOnly[key]);
+            bool changedLater = !PretrainedWeightsTests.Same(afterHeadOnly[key], network.state_dict()[key]);
             if (key.StartsWith("classifier.", StringComparison.Ordinal))
             {
                 if (key != "classifier.decorrelation_matrix" || decorrelated)
@@ -142,6 +140,13 @@ public class FineTuningTests : TempFolderTest
 
     // ---- the trainer ----
 
+    /// <summary>The first <paramref name="count"/> Fashion-MNIST training images as 1×28×28 pixel vectors, labels keyed.</summary>
+    private static IDataView KeyedPixels(MLContext ml, int count)
+    {
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: count));
+        return ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+    }
+
     /// <summary>A full-width ResNet-18 with random weights, written as torchvision would name it (a stand-in for torchvision's file).</summary>
     private string TorchvisionResNet18File(int classes)
     {
@@ -165,8 +170,7 @@ public class FineTuningTests : TempFolderTest
             if (e.Kind == Runtime.ChannelMessageKind.Info && e.Source.Contains("DecorrelatedImageClassificationTrainer"))
                 lock (messages) messages.Add(e.Message);
         };
-        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 96)))
-            .Transform(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 96)));
+        var data = KeyedPixels(ml, 96);
         var options = new DecorrelatedImageClassificationTrainer.Options
         {
             Architecture = CnnArchitecture.ResNet18, PretrainedWeightsPath = weights, MaxEpoch = 1, HeadOnlyEpochs = 1, BatchSize = 32,
@@ -209,8 +213,7 @@ public class FineTuningTests : TempFolderTest
     public void ModelsWrittenBeforeStemsWereStoredStillLoad()
     {
         var ml = new MLContext(2);
-        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 64)))
-            .Transform(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 64)));
+        var data = KeyedPixels(ml, 64);
         using var model = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(new DecorrelatedImageClassificationTrainer.Options
         {
             Architecture = CnnArchitecture.ResNet18, MaxEpoch = 1, BatchSize = 32,
@@ -237,8 +240,7 @@ public class FineTuningTests : TempFolderTest
     public void TrainerRefusesWeightsThatDoNotFitNamingTheOptionAndTheNetworks()
     {
         var ml = new MLContext(1);
-        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 32)))
-            .Transform(ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 32)));
+        var data = KeyedPixels(ml, 32);
         var options = new DecorrelatedImageClassificationTrainer.Options
         {
             Architecture = CnnArchitecture.ResNet34, PretrainedWeightsPath = TorchvisionResNet18File(classes: 10), MaxEpoch = 1,

@@ -23,7 +23,7 @@ public class PretrainedWeightsTests : TempFolderTest
         _ => NetworkBuilder.ResNet50(channels, classes, ResNetStem.ImageNet, width: 4),
     };
 
-    private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
+    internal static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
 
     /// <summary>Largest |a − b| relative to the largest |b|.</summary>
     private static double RelativeError(Tensor actual, Tensor expected)
