@@ -71,7 +71,7 @@ public class BuildTests
     [DataRow("TorchBackend=cpu")]
     [DataRow("TorchBackend=cuda")]
     public void LibraryReferencesManagedTorchSharpOnly(string backend)
-        => CollectionAssert.AreEqual(new[] { "TorchSharp" }, PackageReferencesOf(LibraryProject, backend));
+        => CollectionAssert.AreEqual(new[] { "TorchSharp", "TorchSharp.PyBridge" }, PackageReferencesOf(LibraryProject, backend));   // both managed
 
     [TestMethod]
     public void PackageDependsOnManagedPackagesOnlyAndCarriesItsMetadata()

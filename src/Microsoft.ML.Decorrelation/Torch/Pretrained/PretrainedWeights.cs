@@ -94,7 +94,7 @@ public static class PretrainedWeights
             }
             if ((key == classifierWeight || key == classifierBias) && want.Length == have.Length && want.Skip(1).SequenceEqual(have.Skip(1)))
             {
-                classesDiffer = true;
+                classesDiffer |= want[0] != have[0];
                 continue;
             }
             if (key == firstWeight && want.Length == 4 && have.Length == 4 && want[1] == 1 && have[1] == 3 && want[0] == have[0] && want[2] == have[2] && want[3] == have[3])
