@@ -25,7 +25,13 @@ var root = new RootCommand("Decorrelated backpropagation (DBP) against plain bac
 };
 root.SetAction(result =>
 {
-    new MainJob(AnsiConsole.Console, new FashionMnistSource()).Run(new MainJobSettings
+    // Under mpirun or srun every rank runs this same job data-parallel (the trainer's DataParallel = Auto); rank 0 alone
+    // prints and writes the report, the others work silently into a scratch folder.
+    bool follower = Microsoft.ML.Decorrelation.Torch.Distributed.MpiCommunicator.LaunchedByMpi
+        && Microsoft.ML.Decorrelation.Torch.Distributed.MpiCommunicator.World.Rank != 0;
+    var console = follower ? AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) }) : AnsiConsole.Console;
+    string reportFolder = follower ? Directory.CreateTempSubdirectory("dbp-rank-report").FullName : result.GetValue(report)!;
+    new MainJob(console, new FashionMnistSource()).Run(new MainJobSettings
     {
         Epochs = result.GetValue(epochs),
         Architecture = result.GetValue(architecture),
@@ -38,7 +44,7 @@ root.SetAction(result =>
         SampleFraction = result.GetValue(sampleFraction),
         UpdateInterval = result.GetValue(interval),
         TrainLimit = result.GetValue(limit),
-        ReportFolder = result.GetValue(report)!,
+        ReportFolder = reportFolder,
     });
     return 0;
 });

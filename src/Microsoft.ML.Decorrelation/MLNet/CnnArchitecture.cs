@@ -28,3 +28,16 @@ public enum PixelStandardization
     /// </summary>
     ImageNet,
 }
+
+/// <summary>Whether <see cref="DecorrelatedImageClassificationTrainer"/> trains data-parallel over MPI.</summary>
+public enum DataParallelMode
+{
+    /// <summary>Data-parallel when the process was started by an MPI launcher (mpirun, srun); alone otherwise.</summary>
+    Auto,
+
+    /// <summary>Always alone, even under an MPI launcher (each rank then trains its own model).</summary>
+    Disabled,
+
+    /// <summary>Always data-parallel: fails with what to install when no MPI library can be loaded.</summary>
+    Enabled,
+}

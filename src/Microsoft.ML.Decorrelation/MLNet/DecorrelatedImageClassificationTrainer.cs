@@ -147,6 +147,16 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// </summary>
         public double BackboneLearningRateScale = 1;
 
+        /// <summary>
+        /// Data-parallel training over MPI. Default <see cref="DataParallelMode.Auto"/>: when the process was started by an MPI
+        /// launcher (<c>mpirun -np N dotnet app.dll</c>, <c>srun</c>), every rank trains on its share of each batch and they
+        /// average gradients and pool the decorrelation statistics; otherwise one process trains alone. Every rank reads the
+        /// whole IDataView (an IDataView cannot be split by rank in general); only rank 0 logs the epochs and writes checkpoints;
+        /// the callbacks run on every rank with the same (global) figures, and every rank returns the same model. See README,
+        /// "Data-parallel training".
+        /// </summary>
+        public DataParallelMode DataParallel = DataParallelMode.Auto;
+
         /// <summary>True (the default) trains with decorrelated backpropagation; false with plain backpropagation, all else equal.</summary>
         public bool UseDecorrelation = true;
 
@@ -320,6 +330,11 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         var (gpu, fallback) = MLNetInternals.GetDeviceRequest(_host);
         var device = TorchDevices.Select(gpu, fallback);
         var trainingOptions = EngineOptions(options, seed, device);
+        var world = trainingOptions.Communicator;
+        bool leader = (world?.Rank ?? 0) == 0;
+        if (world is not null)
+            channel.Info($"Data-parallel training: rank {world.Rank} of {world.Size} ({(world as Torch.Distributed.MpiCommunicator)?.Library ?? "MPI"}); " +
+                         $"each rank takes {options.BatchSize / Math.Max(1, world.Size)} images of every batch of {options.BatchSize}.");
         var (network, stem) = CreateNetwork(imageInput.Shape, classCount, trainingOptions, channel);
         try
         {
@@ -367,7 +382,8 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                         DecorrelationLoss = m.DecorrelationLoss.Count == 0 ? null : m.DecorrelationLoss.Values.Average(),
                         LayerDecorrelationLoss = m.DecorrelationLoss,
                     };
-                    channel.Info(metrics.ToString());
+                    if (leader)
+                        channel.Info(metrics.ToString());
                     options.MetricsCallback?.Invoke(metrics);
                 },
                 onStep: step =>
@@ -497,6 +513,14 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         }
     }
 
+    /// <summary>The MPI world to train in, or null to train alone (<see cref="Options.DataParallel"/>).</summary>
+    private static Torch.Distributed.ICollectiveCommunicator? Communicator(DataParallelMode mode) => mode switch
+    {
+        DataParallelMode.Enabled => Torch.Distributed.MpiCommunicator.World,
+        DataParallelMode.Auto when Torch.Distributed.MpiCommunicator.LaunchedByMpi => Torch.Distributed.MpiCommunicator.World,
+        _ => null,
+    };
+
     private static PixelStandardization Standardization(Options options)
         => options.Standardization ?? (options.PretrainedWeightsPath is null ? PixelStandardization.TrainingSet : PixelStandardization.ImageNet);
 
@@ -542,6 +566,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             DivergenceRetries = options.DivergenceRetries,
             OneDnn = options.OneDnn,
             HeadOnlyEpochs = options.HeadOnlyEpochs,
+            Communicator = Communicator(options.DataParallel),
             BackboneLearningRateScale = options.BackboneLearningRateScale,
             Seed = seed,
             Device = device,
@@ -598,6 +623,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
             options.PretrainedWeightsPath ?? "", "the file does not exist.");
         Check(options.Standardization is null || Enum.IsDefined(options.Standardization.Value), nameof(Options.Standardization), options.Standardization!, "unknown standardisation.");
         Check(options.Stem is null || Enum.IsDefined(options.Stem.Value), nameof(Options.Stem), options.Stem!, "unknown stem.");
+        Check(Enum.IsDefined(options.DataParallel), nameof(Options.DataParallel), options.DataParallel, "unknown data-parallel mode.");
         Check(options.HeadOnlyEpochs >= 0, nameof(Options.HeadOnlyEpochs), options.HeadOnlyEpochs, "must not be negative (0 = train every layer).");
         Check(options.BackboneLearningRateScale > 0 && options.BackboneLearningRateScale <= 1, nameof(Options.BackboneLearningRateScale),
             options.BackboneLearningRateScale, "must lie in (0, 1].");

@@ -17,7 +17,7 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// <para>The forward pass builds the effective weight <c>M = W·R</c> once and runs one ordinary
 /// linear or convolution call, so autograd gives <c>∂L/∂W = (∂L/∂M)·Rᵀ</c>, the gradient with respect to
 /// the decorrelated input. In training mode, when <see cref="CollectStatistics"/> is set, the forward
-/// pass also keeps the decorrelated inputs of a random fraction of the batch; <see cref="UpdateDecorrelation"/>
+/// pass also keeps the decorrelated inputs of a random fraction of the batch; <see cref="UpdateDecorrelation()"/>
 /// then moves R by the rule of <see cref="DecorrelationRule"/>.</para>
 /// </remarks>
 public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
@@ -167,7 +167,7 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// Whether the next training-mode forward pass keeps decorrelated samples for
-    /// <see cref="UpdateDecorrelation"/>. Default true; <see cref="DecorrelationController"/> clears it
+    /// <see cref="UpdateDecorrelation()"/>. Default true; <see cref="DecorrelationController"/> clears it
     /// on steps that skip the update.
     /// </summary>
     public bool CollectStatistics { get; set; } = true;
@@ -195,13 +195,13 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// <summary>How many blocks of R (of <see cref="BlockCount"/>) the stability cap slowed in the last update.</summary>
     public int LastCappedBlocks { get; private set; }
 
-    /// <summary>The decorrelation loss measured by the last <see cref="UpdateDecorrelation"/>, or NaN.</summary>
+    /// <summary>The decorrelation loss measured by the last <see cref="UpdateDecorrelation()"/>, or NaN.</summary>
     public double LastDecorrelationLoss { get; private set; } = double.NaN;
 
     /// <summary>The decorrelated rows kept by the last training forward pass (N×D), or null; for tests.</summary>
     internal Tensor? PendingSamples => _pendingSamples;
 
-    /// <summary>Whether a forward pass has kept samples that <see cref="UpdateDecorrelation"/> has not used yet.</summary>
+    /// <summary>Whether a forward pass has kept samples that <see cref="UpdateDecorrelation()"/> has not used yet.</summary>
     public bool HasPendingStatistics => _pendingSamples is not null;
 
     /// <summary>Builds the effective weight <c>M = W·R</c>, shaped like the wrapped layer's weight.</summary>
@@ -285,7 +285,15 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
     /// </summary>
     /// <returns>The decorrelation loss before the step, or NaN when nothing was updated.</returns>
     /// <exception cref="TrainingDivergedException">The loss or the new R is not finite; R keeps its last value.</exception>
-    public double UpdateDecorrelation()
+    public double UpdateDecorrelation() => UpdateDecorrelation(null);
+
+    /// <summary>
+    /// <see cref="UpdateDecorrelation()"/> in data-parallel training: the samples' second moment is pooled over every rank of
+    /// <paramref name="communicator"/> (sums of ZᵀZ and of the sample counts all-reduced), so every rank applies the same
+    /// update, the one over the union of their samples. Every rank must call it on the same steps.
+    /// </summary>
+    /// <param name="communicator">The ranks training together; null or a single rank updates from the local samples.</param>
+    public double UpdateDecorrelation(Distributed.ICollectiveCommunicator? communicator)
     {
         if (_pendingSamples is null)
             return double.NaN;
@@ -294,7 +302,9 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         using var samples = _pendingSamples;
         _pendingSamples = null;
         var blocks = PerBlock(samples);
-        var (update, loss, norms) = DecorrelationRule.Compute(blocks, decorrelation_matrix, Kappa);
+        var (update, loss, norms) = communicator is { Size: > 1 }
+            ? DecorrelationRule.ComputeFromSecondMoment(PooledSecondMoment(blocks, communicator), decorrelation_matrix, Kappa)
+            : DecorrelationRule.Compute(blocks, decorrelation_matrix, Kappa);
         var stepSizes = DecorrelationRule.StableStepSizes(LearningRate, norms);
         var perBlockStep = stepSizes.to(update.dtype);
         var next = decorrelation_matrix - update.mul_(BlockCount == 1 ? perBlockStep : perBlockStep.view(BlockCount, 1, 1));
@@ -311,6 +321,19 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         decorrelation_matrix.copy_(next);
         LastDecorrelationLoss = lossValue;
         return lossValue;
+    }
+
+    /// <summary>
+    /// X = ΣZᵀZ / ΣN over every rank (per block), in the samples' type as in one process, so that the ranks' update differs from
+    /// the single-process one only by the order of the sums.
+    /// </summary>
+    private static Tensor PooledSecondMoment(Tensor blocks, Distributed.ICollectiveCommunicator communicator)
+    {
+        var sums = blocks.transpose(-2, -1).matmul(blocks);
+        var count = tensor(new double[] { blocks.shape[^2] }, device: blocks.device);
+        communicator.AllReduceSum(sums);
+        communicator.AllReduceSum(count);
+        return sums.div_(count.item<double>());
     }
 
     /// <summary>The name used in messages: <see cref="LayerName"/> when set, else the module's name.</summary>

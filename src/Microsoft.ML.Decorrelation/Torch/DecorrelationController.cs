@@ -70,6 +70,12 @@ public sealed class DecorrelationController
 
     private Generator? _samplingGenerator;
 
+    /// <summary>
+    /// The ranks of a data-parallel run, whose samples every update pools (<see cref="DecorrelatedLayer.UpdateDecorrelation(Distributed.ICollectiveCommunicator?)"/>);
+    /// null for a single process.
+    /// </summary>
+    public Distributed.ICollectiveCommunicator? Communicator { get; set; }
+
     /// <summary>Steps between two updates of R.</summary>
     public int UpdateInterval { get; }
 
@@ -102,7 +108,7 @@ public sealed class DecorrelationController
     {
         for (int i = 0; i < Layers.Count; i++)
         {
-            double loss = Layers[i].UpdateDecorrelation();
+            double loss = Layers[i].UpdateDecorrelation(Communicator);
             if (!double.IsNaN(loss))
             {
                 _lossSums[i] += loss;

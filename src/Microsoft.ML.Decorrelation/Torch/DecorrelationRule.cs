@@ -28,6 +28,35 @@ public static class DecorrelationRule
     }
 
     /// <summary>
+    /// <see cref="Compute"/> from the samples' second moment X = ZᵀZ/N itself (D×D, or G×d×d for blocks) instead of the
+    /// samples: what data-parallel training uses, where X is pooled over the ranks (sums of ZᵀZ and of N all-reduced), so
+    /// that the update equals the one over the union of every rank's samples.
+    /// </summary>
+    public static (Tensor Update, Tensor Loss, Tensor SecondMomentNorm) ComputeFromSecondMoment(Tensor secondMoment, Tensor matrix, double kappa)
+    {
+        long d = secondMoment.shape[^1];
+        long blocks = secondMoment.dim() == 3 ? secondMoment.shape[0] : 1;
+        using var scope = NewDisposeScope();
+        var variances = secondMoment.diagonal(0, -2, -1);
+        var xTimesR = secondMoment.matmul(matrix);
+        var frobeniusSquared = secondMoment.square().sum([-2, -1]);
+        return Finish(variances, xTimesR, frobeniusSquared, matrix, kappa, blocks, d);
+    }
+
+    /// <summary>U, the loss and ‖X‖_F from diag X, X·R and ‖X‖²_F (in the caller's dispose scope; results moved out of it).</summary>
+    private static (Tensor Update, Tensor Loss, Tensor SecondMomentNorm) Finish(Tensor variances, Tensor xTimesR, Tensor frobeniusSquared, Tensor matrix,
+        double kappa, long blocks, long d)
+    {
+        var deviations = variances - 1;
+        var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
+        var rowScale = deviations * kappa - variances * (1 - kappa);
+        var update = xTimesR.mul_(1 - kappa).add_(rowScale.unsqueeze(-1) * matrix);
+        var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)blocks * d * d);
+        var norms = frobeniusSquared.sqrt().reshape(blocks);
+        return (update.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), norms.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
     /// Computes the update direction <c>U = [(1−κ)·C + κ·diag(v)]·R</c> and the monitoring loss
     /// <c>((1−κ)·ΣC² + κ·Σv²) / D²</c> from decorrelated samples.
     /// </summary>
@@ -65,12 +94,6 @@ public static class DecorrelationRule
             xTimesR = second.matmul(matrix);
             frobeniusSquared = second.square().sum([-2, -1]);
         }
-        var deviations = variances - 1;
-        var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
-        var rowScale = deviations * kappa - variances * (1 - kappa);
-        var update = xTimesR.mul_(1 - kappa).add_(rowScale.unsqueeze(-1) * matrix);
-        var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)blocks * d * d);
-        var norms = frobeniusSquared.sqrt().reshape(blocks);
-        return (update.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), norms.MoveToOuterDisposeScope());
+        return Finish(variances, xTimesR, frobeniusSquared, matrix, kappa, blocks, d);
     }
 }

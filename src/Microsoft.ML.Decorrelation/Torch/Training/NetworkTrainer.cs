@@ -113,7 +113,7 @@ public sealed class NetworkTrainer
         Action<TrainingMetrics>? onMetrics, Action<StepProgress>? onStep, CancellationToken cancellation, Action<string>? onWarning)
     {
         var options = _options;
-        int batchesPerEpoch = (int)((train.Count + options.BatchSize - 1) / options.BatchSize);
+        int batchesPerEpoch = StepsPerEpoch(train.Count, options.BatchSize, options.Communicator?.Size ?? 1);
         using var session = CreateSession(network, batchesPerEpoch);
         if (!session.OneDnn.UseOneDnn)
             onWarning?.Invoke(session.OneDnn.Reason + ".");
@@ -154,7 +154,7 @@ public sealed class NetworkTrainer
             var endOfEpoch = run.Serialize();
             if (lastGood is not null)
                 lastGood = endOfEpoch;
-            if (options.CheckpointPath is { } path)
+            if (options.CheckpointPath is { } path && (options.Communicator?.Rank ?? 0) == 0)
                 WriteAtomically(path, endOfEpoch);
         }
         if (options.EarlyStoppingPatience > 0)
@@ -177,13 +177,19 @@ public sealed class NetworkTrainer
         var session = run.Session;
         int batchesPerEpoch = session.StepsPerEpoch;
         var permutation = EpochOrder(train.Count, options.Seed, epoch);
+        int localBatchSize = options.BatchSize;
+        if (options.Communicator is { Size: > 1 } world)
+        {
+            permutation = Shard(permutation, options.BatchSize, batchesPerEpoch, world.Rank, world.Size);
+            localBatchSize = options.BatchSize / world.Size;
+        }
         var augmentation = options.CreateAugmentation();
         var clock = new Stopwatch();
         double lossSum = 0;
         int lossCount = 0;
         long correct = 0, seen = 0;
         bool gpu = options.Device.type == DeviceType.CUDA;
-        using var batches = new BatchPrefetcher(train, permutation, options.BatchSize, pinMemory: gpu);
+        using var batches = new BatchPrefetcher(train, permutation, localBatchSize, pinMemory: gpu);
         for (int batch = 0; batch < batchesPerEpoch; batch++)
         {
             cancellation.ThrowIfCancellationRequested();
@@ -202,7 +208,7 @@ public sealed class NetworkTrainer
             lossSum += loss;
             lossCount++;
             correct += session.LastStepCorrect;
-            seen += count;
+            seen += session.LastStepSamples;
             double seconds = run.SecondsBefore + clock.Elapsed.TotalSeconds;
             onStep?.Invoke(new StepProgress(epoch, batch + 1, batchesPerEpoch, loss, seconds));
 
@@ -427,6 +433,35 @@ public sealed class NetworkTrainer
     {
         int points = Math.Min(perEpoch, batches);
         return Enumerable.Range(1, points).Select(i => (int)Math.Round((double)i * batches / points)).Distinct().ToList();
+    }
+
+    /// <summary>
+    /// Steps in an epoch of <paramref name="count"/> images: one per batch of <paramref name="batchSize"/>, the last one
+    /// partial. Over several ranks a last batch with fewer images than ranks is dropped (some rank would get none).
+    /// </summary>
+    public static int StepsPerEpoch(long count, int batchSize, int ranks = 1)
+    {
+        long steps = (count + batchSize - 1) / batchSize;
+        long last = count - (steps - 1) * batchSize;
+        return (int)(ranks > 1 && last < ranks ? steps - 1 : steps);
+    }
+
+    /// <summary>
+    /// Rank <paramref name="rank"/>'s share of an epoch's <paramref name="order"/>: of each global batch of <paramref name="batchSize"/>
+    /// images its slice [rank·m/N, (rank+1)·m/N), m the batch's size; the slices of all ranks together are the batch.
+    /// </summary>
+    public static long[] Shard(long[] order, int batchSize, int steps, int rank, int ranks)
+    {
+        var shard = new List<long>(order.Length / ranks + batchSize);
+        for (int step = 0; step < steps; step++)
+        {
+            long start = (long)step * batchSize;
+            long size = Math.Min(batchSize, order.Length - start);
+            long from = start + rank * size / ranks, to = start + (rank + 1) * size / ranks;
+            for (long i = from; i < to; i++)
+                shard.Add(order[i]);
+        }
+        return shard.ToArray();
     }
 
     /// <summary>

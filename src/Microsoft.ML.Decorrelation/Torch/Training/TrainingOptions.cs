@@ -140,6 +140,14 @@ public sealed class TrainingOptions
     /// <summary>The device to train on. Default the CPU; see <see cref="TorchDevices.Select"/>.</summary>
     public Device Device { get; set; } = CPU;
 
+    /// <summary>
+    /// Data-parallel training: the processes that train together (e.g. <see cref="Distributed.MpiCommunicator.World"/>); null (the
+    /// default) trains alone. Every rank runs the same run on its shard of each global batch of <see cref="BatchSize"/>
+    /// images, starts from rank 0's weights, averages the gradients and pools the decorrelation statistics, so it takes the
+    /// steps one process would take on the whole batch (docs/DESIGN.md, "Data-parallel training"). Only rank 0 writes checkpoints.
+    /// </summary>
+    public Distributed.ICollectiveCommunicator? Communicator { get; set; }
+
     /// <summary>Threads Torch may use on the CPU; null leaves Torch's setting alone.</summary>
     public int? Threads { get; set; }
 
@@ -202,6 +210,8 @@ public sealed class TrainingOptions
             throw new ArgumentOutOfRangeException(nameof(BackboneLearningRateScale), BackboneLearningRateScale, "The backbone's learning-rate scale must lie in (0, 1].");
         if ((HeadOnlyEpochs > 0 || BackboneLearningRateScale != 1) && string.IsNullOrWhiteSpace(HeadModuleName))
             throw new ArgumentException("Fine-tuning (HeadOnlyEpochs, BackboneLearningRateScale) needs a HeadModuleName.", nameof(HeadModuleName));
+        if (Communicator is { Size: > 1 } world && BatchSize % world.Size != 0)
+            throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, $"Data-parallel training over {world.Size} ranks needs a batch size divisible by {world.Size}.");
         if (Threads is < 1)
             throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "The thread count must be at least 1.");
         if (!Enum.IsDefined(OneDnn))

@@ -44,7 +44,15 @@ public sealed class TrainingSession : IDisposable
         Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? DecorrelationOptions.DefaultUpdateInterval)
         {
             SamplingGenerator = _sampling,
+            Communicator = options.Communicator,
         };
+        if (options.Communicator is { Size: > 1 } world)
+        {
+            // Every rank starts from rank 0's weights, buffers and decorrelation matrices.
+            using var noGrad = no_grad();
+            foreach (var (_, state) in network.state_dict())
+                world.Broadcast(state, root: 0);
+        }
         if (decorrelation is not null)
         {
             foreach (var layer in Decorrelation.Layers)
@@ -206,6 +214,30 @@ public sealed class TrainingSession : IDisposable
     /// <summary>How many images of the last step's batch the network classified correctly (before the step's update).</summary>
     public long LastStepCorrect { get; private set; }
 
+    /// <summary>How many images the last step's batch held (over every rank in data-parallel training).</summary>
+    public long LastStepSamples { get; private set; }
+
+    /// <summary>
+    /// Replaces every gradient by the batch's mean gradient over all ranks: each rank's mean gradient weighted by its share
+    /// of the batch, summed in one all-reduce.
+    /// </summary>
+    private void AverageGradients(Distributed.ICollectiveCommunicator world, long localCount, long totalCount)
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var gradients = Network.parameters().Where(p => p.requires_grad && p.grad is not null).Select(p => p.grad!).ToList();
+        if (gradients.Count == 0)
+            return;
+        var flat = cat(gradients.Select(g => g.flatten()).ToList()).mul_((double)localCount / totalCount);
+        world.AllReduceSum(flat);
+        long offset = 0;
+        foreach (var gradient in gradients)
+        {
+            gradient.copy_(flat.narrow(0, offset, gradient.NumberOfElements).view_as(gradient));
+            offset += gradient.NumberOfElements;
+        }
+    }
+
     /// <summary>Where the last step's time went.</summary>
     public StepTimings LastStepTimings { get; private set; }
 
@@ -249,9 +281,15 @@ public sealed class TrainingSession : IDisposable
         var logits = Network.forward(images);
         var loss = nn.functional.cross_entropy(logits, labels);
         // One device-to-host copy: the loss and how many of the batch the network got right before the step.
-        var summary = stack([loss.detach().to(ScalarType.Float64), logits.detach().argmax(1).eq(labels).sum().to(ScalarType.Float64)]).cpu().data<double>().ToArray();
-        double lossValue = summary[0];
+        long localCount = labels.shape[0];
+        var summaryTensor = stack([loss.detach().to(ScalarType.Float64) * localCount, logits.detach().argmax(1).eq(labels).sum().to(ScalarType.Float64),
+            tensor((double)localCount, device: loss.device)]).cpu();
+        // Data-parallel: the batch's loss, correct count and size over every rank, so all ranks decide alike.
+        _options.Communicator?.AllReduceSum(summaryTensor);
+        var summary = summaryTensor.data<double>().ToArray();
+        double lossValue = summary[0] / summary[2];
         LastStepCorrect = (long)summary[1];
+        LastStepSamples = (long)summary[2];
         long forwardDone = Stopwatch.GetTimestamp();
         if (!double.IsFinite(lossValue))
             throw new TrainingDivergedException($"The training loss became {lossValue} at epoch {epoch}, step {step}. Lower the learning rate.")
@@ -260,6 +298,8 @@ public sealed class TrainingSession : IDisposable
                 Step = step,
             };
         loss.backward();
+        if (_options.Communicator is { Size: > 1 } world)
+            AverageGradients(world, localCount, LastStepSamples);
         long backwardDone = Stopwatch.GetTimestamp();
         _optimizer.step();
         long optimizerDone = Stopwatch.GetTimestamp();
