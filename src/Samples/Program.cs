@@ -52,6 +52,8 @@ root.Subcommands.Add(ImageFolderCommands.Train());
 root.Subcommands.Add(ImageFolderCommands.Predict());
 root.Subcommands.Add(OnnxCommands.Export());
 root.Subcommands.Add(OnnxBench.Create());
+foreach (var command in DataParallelBench.Create())
+    root.Subcommands.Add(command);
 root.Subcommands.Add(Bench.Create());
 root.Subcommands.Add(PipelineExample.Create());
 root.Subcommands.Add(OneDnnCost.Create());

@@ -21,6 +21,52 @@ public interface ICollectiveCommunicator
 }
 
 /// <summary>
+/// Counts the time and bytes of another communicator's collectives: how a training step tells its gradient all-reduce
+/// from its decorrelation-statistics all-reduce.
+/// </summary>
+public sealed class MeteredCommunicator(ICollectiveCommunicator inner) : ICollectiveCommunicator
+{
+    /// <inheritdoc />
+    public int Rank => inner.Rank;
+
+    /// <inheritdoc />
+    public int Size => inner.Size;
+
+    /// <summary>Time spent in collectives since the last <see cref="Take"/>.</summary>
+    public TimeSpan Elapsed { get; private set; }
+
+    /// <summary>Bytes each rank contributed to collectives since the last <see cref="Take"/>.</summary>
+    public long Bytes { get; private set; }
+
+    /// <inheritdoc />
+    public void AllReduceSum(Tensor tensor)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        inner.AllReduceSum(tensor);
+        Elapsed += System.Diagnostics.Stopwatch.GetElapsedTime(start);
+        Bytes += tensor.NumberOfElements * tensor.ElementSize;
+    }
+
+    /// <inheritdoc />
+    public void Broadcast(Tensor tensor, int root)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        inner.Broadcast(tensor, root);
+        Elapsed += System.Diagnostics.Stopwatch.GetElapsedTime(start);
+        Bytes += tensor.NumberOfElements * tensor.ElementSize;
+    }
+
+    /// <summary>The time and bytes since the last call, then starts counting again.</summary>
+    public (TimeSpan Elapsed, long Bytes) Take()
+    {
+        var result = (Elapsed, Bytes);
+        Elapsed = TimeSpan.Zero;
+        Bytes = 0;
+        return result;
+    }
+}
+
+/// <summary>
 /// MPI_COMM_WORLD of the MPI library the process was launched with (<c>mpirun</c>, <c>srun</c>): Open MPI (libmpi.so.40) or
 /// MPICH (libmpi.so.12), bound directly — the handful of calls data-parallel training needs (Init_thread, Comm_rank, Comm_size,
 /// Allreduce, Bcast, Abort, Finalize). One per process; see docs/DESIGN.md, "Data-parallel training".

@@ -32,6 +32,8 @@ public sealed class TrainingSession : IDisposable
     private readonly IReadOnlyList<nn.Module> _backboneBatchNorms;
     private readonly IReadOnlyList<DecorrelatedLayer> _backboneLayers;
     private bool _backboneFrozen;
+    private readonly Distributed.MeteredCommunicator? _gradientTraffic;
+    private readonly Distributed.MeteredCommunicator? _statisticsTraffic;
 
     internal TrainingSession(nn.Module<Tensor, Tensor> network, TrainingOptions options, int stepsPerEpoch)
     {
@@ -41,10 +43,15 @@ public sealed class TrainingSession : IDisposable
         _totalSteps = (long)stepsPerEpoch * options.Epochs;
         var decorrelation = options.Decorrelation;
         _sampling = new Generator(unchecked((ulong)(options.Seed + 1L)), CPU);
+        if (options.Communicator is { Size: > 1 } ranks)
+        {
+            _gradientTraffic = new Distributed.MeteredCommunicator(ranks);
+            _statisticsTraffic = new Distributed.MeteredCommunicator(ranks);
+        }
         Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? DecorrelationOptions.DefaultUpdateInterval)
         {
             SamplingGenerator = _sampling,
-            Communicator = options.Communicator,
+            Communicator = _statisticsTraffic,
         };
         if (options.Communicator is { Size: > 1 } world)
         {
@@ -298,8 +305,8 @@ public sealed class TrainingSession : IDisposable
                 Step = step,
             };
         loss.backward();
-        if (_options.Communicator is { Size: > 1 } world)
-            AverageGradients(world, localCount, LastStepSamples);
+        if (_gradientTraffic is not null)
+            AverageGradients(_gradientTraffic, localCount, LastStepSamples);
         long backwardDone = Stopwatch.GetTimestamp();
         _optimizer.step();
         long optimizerDone = Stopwatch.GetTimestamp();
@@ -315,12 +322,20 @@ public sealed class TrainingSession : IDisposable
         var statistics = TimeSpan.Zero;
         foreach (var layer in Decorrelation.Layers)
             statistics += layer.TakeStatisticsTime();
+        var (gradientTime, gradientBytes) = _gradientTraffic?.Take() ?? default;
+        var (statisticsTime, statisticsBytes) = _statisticsTraffic?.Take() ?? default;
         LastStepTimings = new StepTimings(
             Forward: Stopwatch.GetElapsedTime(start, forwardDone) - statistics,
             Statistics: statistics,
-            Backward: Stopwatch.GetElapsedTime(forwardDone, backwardDone),
+            Backward: Stopwatch.GetElapsedTime(forwardDone, backwardDone) - gradientTime,
             Optimizer: Stopwatch.GetElapsedTime(backwardDone, optimizerDone),
-            DecorrelationUpdate: Stopwatch.GetElapsedTime(optimizerDone, updateDone));
+            DecorrelationUpdate: Stopwatch.GetElapsedTime(optimizerDone, updateDone) - statisticsTime)
+        {
+            GradientAllReduce = gradientTime,
+            StatisticsAllReduce = statisticsTime,
+            GradientBytes = gradientBytes,
+            StatisticsBytes = statisticsBytes,
+        };
         StepCount = step;
         return lossValue;
     }
@@ -349,6 +364,18 @@ public sealed class TrainingSession : IDisposable
 /// <param name="DecorrelationUpdate">The update of every decorrelation matrix.</param>
 public readonly record struct StepTimings(TimeSpan Forward, TimeSpan Statistics, TimeSpan Backward, TimeSpan Optimizer, TimeSpan DecorrelationUpdate)
 {
+    /// <summary>Data-parallel: the gradient all-reduce (and the batch summary's), not counted in <see cref="Backward"/>.</summary>
+    public TimeSpan GradientAllReduce { get; init; }
+
+    /// <summary>Data-parallel: the all-reduce of the decorrelation statistics, not counted in <see cref="DecorrelationUpdate"/>.</summary>
+    public TimeSpan StatisticsAllReduce { get; init; }
+
+    /// <summary>Data-parallel: bytes this rank contributed to the gradient all-reduce.</summary>
+    public long GradientBytes { get; init; }
+
+    /// <summary>Data-parallel: bytes this rank contributed to the statistics all-reduce.</summary>
+    public long StatisticsBytes { get; init; }
+
     /// <summary>The whole step.</summary>
-    public TimeSpan Total => Forward + Statistics + Backward + Optimizer + DecorrelationUpdate;
+    public TimeSpan Total => Forward + Statistics + Backward + Optimizer + DecorrelationUpdate + GradientAllReduce + StatisticsAllReduce;
 }
