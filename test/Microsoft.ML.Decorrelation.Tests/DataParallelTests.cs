@@ -195,6 +195,30 @@ public class DataParallelTests : TempFolderTest
     }
 
     [TestMethod]
+    public void AskingForDataParallelTrainingWithoutAnMpiLibrarySaysWhatToInstall()
+    {
+        // No MPI library is loaded here: the named one does not exist, and the error comes before any native call.
+        string missing = Path.Combine(TempFolder, "libmpi-absent.so");
+        Environment.SetEnvironmentVariable(Torch.Distributed.MpiCommunicator.LibraryVariable, missing);
+        try
+        {
+            var ml = new MLContext(1);
+            var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 32));
+            var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+            var trainer = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(
+                new DecorrelatedImageClassificationTrainer.Options { DataParallel = DataParallelMode.Enabled, MaxEpoch = 1 });
+            var e = Assert.ThrowsExactly<PlatformNotSupportedException>(() => trainer.Fit(data));
+            StringAssert.Contains(e.Message, missing);
+            StringAssert.Contains(e.Message, "apt-get install openmpi-bin");
+            StringAssert.Contains(e.Message, "mpirun -np 2 dotnet app.dll");
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(Torch.Distributed.MpiCommunicator.LibraryVariable, null);
+        }
+    }
+
+    [TestMethod]
     public void ShardsOfEveryRankMakeUpEachGlobalBatch()
     {
         var order = NetworkTrainer.EpochOrder(1000, seed: 3, epoch: 1);

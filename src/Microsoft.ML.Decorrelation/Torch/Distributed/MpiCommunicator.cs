@@ -75,6 +75,12 @@ public sealed unsafe class MpiCommunicator : ICollectiveCommunicator, IDisposabl
 {
     private const int MpiThreadSerialized = 2;   // the same value in Open MPI's and MPICH's mpi.h
 
+    /// <summary>
+    /// The environment variable that names the MPI library to load (a path or file name), for an MPI installed where the
+    /// loader does not look; unset tries Open MPI's libmpi.so.40, then MPICH's libmpi.so.12.
+    /// </summary>
+    public const string LibraryVariable = "DECORRELATION_MPI_LIBRARY";
+
     private static MpiCommunicator? _world;
     private static readonly object Gate = new();
 
@@ -221,24 +227,34 @@ public sealed unsafe class MpiCommunicator : ICollectiveCommunicator, IDisposabl
 
         public static Implementation Load()
         {
+            if (Environment.GetEnvironmentVariable(LibraryVariable) is { Length: > 0 } path)
+            {
+                if (!NativeLibrary.TryLoad(path, out var chosen))
+                    throw new PlatformNotSupportedException($"The MPI library '{path}' named by {LibraryVariable} could not be loaded. {InstallAdvice}");
+                return NativeLibrary.TryGetExport(chosen, "ompi_mpi_comm_world", out _)
+                    ? Bind(chosen, "Open MPI", name => NativeLibrary.GetExport(chosen, "ompi_mpi_" + name), inPlace: 1)
+                    : Bind(chosen, "MPICH", name => MpichConstants[name], inPlace: -1);
+            }
             if (TryLoad("libmpi.so.40", out var openMpi) || TryLoad("libmpi.so", out openMpi) && NativeLibrary.TryGetExport(openMpi, "ompi_mpi_comm_world", out _))
             {
                 return Bind(openMpi, "Open MPI", name => NativeLibrary.GetExport(openMpi, "ompi_mpi_" + name), inPlace: 1);
             }
             if (TryLoad("libmpi.so.12", out var mpich) || TryLoad("libmpich.so.12", out mpich))
             {
-                // MPICH's handles are compile-time integer constants (mpi.h).
-                var constants = new Dictionary<string, nint>
-                {
-                    ["comm_world"] = 0x44000000, ["float"] = 0x4c00040a, ["double"] = 0x4c00080b, ["byte"] = 0x4c00010d, ["op_sum"] = 0x58000003,
-                };
-                return Bind(mpich, "MPICH", name => constants[name], inPlace: -1);
+                return Bind(mpich, "MPICH", name => MpichConstants[name], inPlace: -1);
             }
             throw new PlatformNotSupportedException(
-                "Distributed training needs an MPI library, and none could be loaded (looked for Open MPI's libmpi.so.40 and MPICH's libmpi.so.12). " +
-                "Install one and start the program with its launcher: on Debian or Ubuntu `apt-get install openmpi-bin`, then `mpirun -np 2 dotnet app.dll`; " +
-                "under Slurm, `srun` with the cluster's MPI.");
+                $"Distributed training needs an MPI library, and none could be loaded (looked for Open MPI's libmpi.so.40 and MPICH's libmpi.so.12). {InstallAdvice}");
         }
+
+        private const string InstallAdvice = "Install one and start the program with its launcher: on Debian or Ubuntu `apt-get install openmpi-bin`, then " +
+            "`mpirun -np 2 dotnet app.dll`; under Slurm, `srun` with the cluster's MPI; or name the library in " + LibraryVariable + ".";
+
+        // MPICH's handles are compile-time integer constants (mpi.h).
+        private static readonly Dictionary<string, nint> MpichConstants = new()
+        {
+            ["comm_world"] = 0x44000000, ["float"] = 0x4c00040a, ["double"] = 0x4c00080b, ["byte"] = 0x4c00010d, ["op_sum"] = 0x58000003,
+        };
 
         private static bool TryLoad(string name, out nint handle) => NativeLibrary.TryLoad(name, out handle);
 
