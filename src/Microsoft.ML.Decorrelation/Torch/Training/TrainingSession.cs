@@ -43,23 +43,22 @@ public sealed class TrainingSession : IDisposable
         _totalSteps = (long)stepsPerEpoch * options.Epochs;
         var decorrelation = options.Decorrelation;
         _sampling = new Generator(unchecked((ulong)(options.Seed + 1L)), CPU);
-        if (options.Communicator is { Size: > 1 } ranks)
+        if (options.Communicator is { Size: > 1 } world)
         {
-            _gradientTraffic = new Distributed.MeteredCommunicator(ranks);
-            _statisticsTraffic = new Distributed.MeteredCommunicator(ranks);
+            // Every rank starts from rank 0's weights, buffers and decorrelation matrices; collectives are metered per kind.
+            using (no_grad())
+            {
+                foreach (var (_, state) in network.state_dict())
+                    world.Broadcast(state, root: 0);
+            }
+            _gradientTraffic = new Distributed.MeteredCommunicator(world);
+            _statisticsTraffic = new Distributed.MeteredCommunicator(world);
         }
         Decorrelation = new DecorrelationController(network, decorrelation?.UpdateInterval ?? DecorrelationOptions.DefaultUpdateInterval)
         {
             SamplingGenerator = _sampling,
             Communicator = _statisticsTraffic,
         };
-        if (options.Communicator is { Size: > 1 } world)
-        {
-            // Every rank starts from rank 0's weights, buffers and decorrelation matrices.
-            using var noGrad = no_grad();
-            foreach (var (_, state) in network.state_dict())
-                world.Broadcast(state, root: 0);
-        }
         if (decorrelation is not null)
         {
             foreach (var layer in Decorrelation.Layers)
