@@ -156,6 +156,56 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
+    public void ValidationFractionSplitsTheDataAndTheSearchReportsToMLNetsLog()
+    {
+        var ml = new MLContext(seed: 1);
+        var log = new List<string>();
+        ml.Log += (_, e) =>
+        {
+            if (e.Kind == Runtime.ChannelMessageKind.Info && e.Source.Contains(nameof(DecorrelatedImageClassificationExperiment)))
+                lock (log) log.Add(e.RawMessage);
+        };
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 600));
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+        var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+        {
+            MaxTrials = 2, MinEpochs = 1, MaxEpochs = 1, ReductionFactor = 2, Seed = 5,
+            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
+        });
+        var result = experiment.Execute(data, validationFraction: 0.25);
+        using var best = result.BestModel;
+        // ML.NET's TrainTestSplit with the experiment's seed: the same held-out rows score the best trial's reported accuracy.
+        var held = ml.Data.TrainTestSplit(data, 0.25, seed: 5).TestSet;
+        Assert.AreEqual(result.BestTrial.ValidationAccuracy, ml.MulticlassClassification.Evaluate(best.Transform(held)).MicroAccuracy, 1e-9);
+        StringAssert.StartsWith(log[0], "Searching 2 trials of 1..1 epochs");
+        Assert.AreEqual(2, log.Count(l => l.StartsWith("Rung 0 (1 epochs) of trial", StringComparison.Ordinal)), string.Join("\n", log));
+        StringAssert.StartsWith(log[^1], "Best: trial");
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => experiment.Execute(data, validationFraction: 1));
+    }
+
+    [TestMethod]
+    public void AJournalThatCannotBeOpenedIsAnErrorNamingIt()
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 40));
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+        // A folder where the file should be: no SQLite database can be opened there (permissions would not stop root).
+        var folder = Directory.CreateTempSubdirectory("dbp-journal-folder").FullName;
+        try
+        {
+            var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings { JournalPath = folder, WorkFolder = folder + ".work" });
+            var e = Assert.ThrowsExactly<IOException>(() => experiment.Execute(data, data));
+            StringAssert.Contains(e.Message, $"The study journal '{folder}' cannot be opened for writing");
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+            if (Directory.Exists(folder + ".work"))
+                Directory.Delete(folder + ".work", recursive: true);
+        }
+    }
+
+    [TestMethod]
     public void EmptySearchSpaceIsRejectedNamingTheSetting()
     {
         var error = Assert.ThrowsExactly<ArgumentException>(() => new DecorrelatedImageClassificationExperiment(new MLContext(),

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Microsoft.ML.Runtime;
 
 namespace Microsoft.ML.Decorrelation.Selection;
 
@@ -13,7 +14,9 @@ namespace Microsoft.ML.Decorrelation.Selection;
 /// plain run's would); a rung stops it after the rung's epochs at a checkpoint, and a promotion resumes from that
 /// checkpoint, so a trial that reaches the top rung ends exactly where a plain run of the same options would. The trials
 /// share one decoded image cache: the data is decoded by the first trial and reused by the others. Trials run one after
-/// the other in this process. Not built yet (issue 22): a study journal, several workers, resuming a killed experiment.
+/// the other in this process; a study journal (<see cref="Settings.JournalPath"/>) lets a killed experiment resume. Progress
+/// goes to ML.NET's log (<c>mlContext.Log</c>) and to <see cref="Settings.Progress"/>. Not built yet: several worker processes
+/// sharing one study, k-fold validation, metrics other than micro-accuracy.
 /// </remarks>
 public sealed class DecorrelatedImageClassificationExperiment
 {
@@ -73,6 +76,22 @@ public sealed class DecorrelatedImageClassificationExperiment
         _settings = settings;
     }
 
+    /// <summary>
+    /// Runs the search on <paramref name="data"/>, holding out <paramref name="validationFraction"/> of its rows (ML.NET's
+    /// TrainTestSplit, seeded with <see cref="Settings.Seed"/>) to rank the trials by.
+    /// </summary>
+    /// <param name="data">Rows with a key label column and the feature column.</param>
+    /// <param name="validationFraction">The fraction in (0, 1) of the rows to validate on.</param>
+    /// <param name="cancellation">Stops the search between steps.</param>
+    public ExperimentResult Execute(IDataView data, double validationFraction, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (!(validationFraction > 0 && validationFraction < 1))
+            throw new ArgumentOutOfRangeException(nameof(validationFraction), validationFraction, "The validation fraction must lie in (0, 1).");
+        var split = _context.Data.TrainTestSplit(data, validationFraction, seed: _settings.Seed);
+        return Execute(split.TrainSet, split.TestSet, cancellation);
+    }
+
     /// <summary>Runs the search: trains on <paramref name="train"/>, ranks by accuracy on <paramref name="validation"/>.</summary>
     /// <param name="train">Training rows with a key label column and the feature column, as the trainer takes them.</param>
     /// <param name="validation">Validation rows, transformed by the same label mapping.</param>
@@ -88,6 +107,10 @@ public sealed class DecorrelatedImageClassificationExperiment
             : Path.Combine(Path.GetTempPath(), "dbp-experiment-" + Guid.NewGuid().ToString("N")));
         Directory.CreateDirectory(folder);
         using var journal = settings.JournalPath is null ? null : StudyJournal.Open(settings.JournalPath, Describe(train, validation));
+        // The experiment's progress in ML.NET's log (mlContext.Log), as ML.NET's own components report theirs.
+        using var channel = ((IHostEnvironment)_context).Register(nameof(DecorrelatedImageClassificationExperiment)).Start("Search");
+        channel.Info($"Searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.MaxEpochs} epochs (η {settings.ReductionFactor})" +
+                     (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (journal is null ? "." : $", journal '{settings.JournalPath}'."));
         try
         {
             var search = new AsynchronousSuccessiveHalving(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
@@ -124,6 +147,7 @@ public sealed class DecorrelatedImageClassificationExperiment
                 else
                     search.Report(work, trial.ValidationAccuracy);
                 journal?.Record(trial, work, failed);
+                channel.Info($"Rung {work.Rung} ({work.Epochs} epochs) of {trial}");
                 settings.Progress?.Invoke(trial);
             }
             cancellation.ThrowIfCancellationRequested();
@@ -131,6 +155,7 @@ public sealed class DecorrelatedImageClassificationExperiment
             var bestTrial = ordered.Where(t => t.State == TrialState.Completed).MaxBy(t => t.ValidationAccuracy)
                 ?? throw new InvalidOperationException($"No trial finished its full {settings.MaxEpochs} epochs within the budget ({ordered.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
             var (_, best) = DecorrelatedImageClassificationTransformer.Load(_context, ModelPath(folder, bestTrial.Trial));
+            channel.Info($"Best: {bestTrial} ({ordered.Count} trials in {clock.Elapsed.TotalSeconds:F0} s).");
             return new ExperimentResult(best, bestTrial, ordered, clock.Elapsed);
         }
         finally
