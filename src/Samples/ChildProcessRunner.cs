@@ -26,27 +26,59 @@ internal static class ChildProcessRunner
     /// <summary>
     /// Runs <c>dotnet <paramref name="assemblyPath"/> <paramref name="arguments"/></c> with the extra
     /// <paramref name="environment"/>; the caller's <see cref="NativeKernelGuard.OneDnnEnvironmentVariable"/> is not
-    /// passed on, so that the child decides for itself.
+    /// passed on, so that the child decides for itself. With <paramref name="ranks"/> above 1 the child is an MPI job of that
+    /// many ranks under Open MPI's <c>mpirun</c> (see <see cref="StartInfo"/>).
     /// </summary>
     /// <exception cref="TimeoutException">The child did not finish in <paramref name="timeout"/>; it was killed.</exception>
-    public static Outcome Run(string assemblyPath, IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment, TimeSpan timeout)
+    /// <exception cref="InvalidOperationException">An MPI job was asked for and mpirun is not installed.</exception>
+    public static Outcome Run(string assemblyPath, IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment, TimeSpan timeout, int ranks = 1)
     {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        var start = StartInfo(assemblyPath, arguments, environment, ranks);
+        using var child = Start(start);
+        var error = child.StandardError.ReadToEndAsync();
+        string output = child.StandardOutput.ReadToEnd();
+        if (!child.WaitForExit(timeout))
+        {
+            child.Kill(entireProcessTree: true);
+            throw new TimeoutException($"The child process ({start.FileName} {string.Join(' ', start.ArgumentList)}) did not finish within {timeout.TotalSeconds:F0} s.");
+        }
+        return new Outcome(child.ExitCode, output + error.Result);
+    }
+
+    /// <summary>
+    /// How <see cref="Run"/> starts the child, output redirected: <c>dotnet ASSEMBLY ARGS</c>, or for <paramref name="ranks"/> above 1
+    /// <c>mpirun --allow-run-as-root --oversubscribe --bind-to none -np RANKS dotnet ASSEMBLY ARGS</c> (on one machine; mpirun
+    /// passes the environment on to every rank). For a caller that must act on the running child (kill one rank).
+    /// </summary>
+    public static ProcessStartInfo StartInfo(string assemblyPath, IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment, int ranks = 1)
+    {
+        var start = new ProcessStartInfo(ranks > 1 ? "mpirun" : "dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (ranks > 1)
+        {
+            foreach (var argument in new[] { "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", ranks.ToString(System.Globalization.CultureInfo.InvariantCulture), "dotnet" })
+                start.ArgumentList.Add(argument);
+        }
         start.ArgumentList.Add(assemblyPath);
         foreach (var argument in arguments)
             start.ArgumentList.Add(argument);
         start.Environment.Remove(NativeKernelGuard.OneDnnEnvironmentVariable);
         foreach (var (name, value) in environment ?? new Dictionary<string, string>())
             start.Environment[name] = value;
-        using var child = Process.Start(start)!;
-        var error = child.StandardError.ReadToEndAsync();
-        string output = child.StandardOutput.ReadToEnd();
-        if (!child.WaitForExit(timeout))
+        return start;
+    }
+
+    /// <summary>Starts <paramref name="start"/>; a missing mpirun is an error saying what to install.</summary>
+    /// <exception cref="InvalidOperationException">mpirun is not installed.</exception>
+    public static Process Start(ProcessStartInfo start)
+    {
+        try
         {
-            child.Kill(entireProcessTree: true);
-            throw new TimeoutException($"The child process ({string.Join(' ', start.ArgumentList)}) did not finish within {timeout.TotalSeconds:F0} s.");
+            return Process.Start(start)!;
         }
-        return new Outcome(child.ExitCode, output + error.Result);
+        catch (System.ComponentModel.Win32Exception e) when (start.FileName == "mpirun")
+        {
+            throw new InvalidOperationException("mpirun was not found: install Open MPI (apt-get install openmpi-bin); .ci/run does.", e);
+        }
     }
 
     private static string SignalName(int signal) => signal switch

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Microsoft.ML.Decorrelation.Torch;
@@ -59,7 +58,7 @@ internal static class DataParallelBench
         var medians = new Dictionary<(string, int), Measurement>();
         foreach (var group in results.GroupBy(r => (r.Arch, r.Ranks)))
         {
-            double Median(Func<Measurement, double> pick) => group.Select(pick).Order().ElementAt(group.Count() / 2);
+            double Median(Func<Measurement, double> pick) => Bench.Median(group.Select(pick));
             var m = new Measurement(group.Key.Arch, group.Key.Ranks, Median(r => r.StepMs), Median(r => r.ComputeMs), Median(r => r.GradientMs),
                 Median(r => r.StatisticsMs), Median(r => r.GradientBytes), Median(r => r.StatisticsBytes));
             medians[group.Key] = m;
@@ -98,20 +97,12 @@ internal static class DataParallelBench
 
     private static Measurement Launch(CnnArchitecture architecture, int steps, int ranks)
     {
-        string samples = typeof(DataParallelBench).Assembly.Location;
-        var start = ranks == 1
-            ? new ProcessStartInfo("dotnet") { ArgumentList = { samples } }
-            : new ProcessStartInfo("mpirun") { ArgumentList = { "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2", "dotnet", samples } };
-        foreach (var argument in new[] { "dp-bench-run", "--arch", architecture.ToString(), "--steps", steps.ToString(CultureInfo.InvariantCulture),
-                     "--threads", ranks == 1 ? "2" : "1" })
-            start.ArgumentList.Add(argument);
-        start.RedirectStandardOutput = start.RedirectStandardError = true;
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"Could not start {start.FileName}.");
-        var error = process.StandardError.ReadToEndAsync();
-        string output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-            throw new InvalidOperationException($"{start.FileName} exited with {process.ExitCode}: {output}{error.Result}");
+        var outcome = ChildProcessRunner.Run(typeof(DataParallelBench).Assembly.Location,
+            ["dp-bench-run", "--arch", architecture.ToString(), "--steps", steps.ToString(CultureInfo.InvariantCulture), "--threads", ranks == 1 ? "2" : "1"],
+            null, TimeSpan.FromHours(1), ranks);
+        if (outcome.ExitCode != 0)
+            throw new InvalidOperationException($"The {ranks}-rank run was {outcome.Describe()}: {outcome.Output}");
+        string output = outcome.Output;
         // The JSON line, without any terminal control sequence a launcher put before it.
         var line = output.Split('\n').First(l => l.Contains("{\"Arch\"", StringComparison.Ordinal));
         return JsonSerializer.Deserialize<Measurement>(line[line.IndexOf('{')..])!;
@@ -154,7 +145,7 @@ internal static class DataParallelBench
             }
             return 0;
         });
-        double Median(Func<StepTimings, double> pick) => timings.Select(pick).Order().ElementAt(timings.Count / 2);
+        double Median(Func<StepTimings, double> pick) => Bench.Median(timings.Select(pick));
         var measurement = new Measurement(architecture.ToString(), world?.Size ?? 1, Median(t => t.Total.TotalMilliseconds),
             Median(t => (t.Total - t.GradientAllReduce - t.StatisticsAllReduce).TotalMilliseconds),
             Median(t => t.GradientAllReduce.TotalMilliseconds), timings.Average(t => t.StatisticsAllReduce.TotalMilliseconds),

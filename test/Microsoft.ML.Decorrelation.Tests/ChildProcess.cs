@@ -17,12 +17,16 @@ internal static class ChildProcess
             Assert.Fail($"{what}: the child process was {outcome.Describe()}. Its output:\n{outcome.Output}");
     }
 
-    /// <summary>Runs the test program with <paramref name="arguments"/> and the extra <paramref name="environment"/>.</summary>
-    public static ChildProcessRunner.Outcome Run(IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment = null, int timeoutSeconds = 300)
+    /// <summary>
+    /// Runs the test program with <paramref name="arguments"/> and the extra <paramref name="environment"/>; as an MPI job under
+    /// mpirun when <paramref name="ranks"/> is above 1.
+    /// </summary>
+    public static ChildProcessRunner.Outcome Run(IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment = null, int timeoutSeconds = 300,
+        int ranks = 1)
     {
         try
         {
-            return ChildProcessRunner.Run(typeof(Program).Assembly.Location, arguments, environment, TimeSpan.FromSeconds(timeoutSeconds));
+            return ChildProcessRunner.Run(typeof(Program).Assembly.Location, arguments, environment, TimeSpan.FromSeconds(timeoutSeconds), ranks);
         }
         catch (TimeoutException e)
         {

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Microsoft.ML.Decorrelation.Samples;
 using Microsoft.ML.Decorrelation.Torch.Pretrained;
 using Microsoft.ML.Decorrelation.Torch.Training;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
@@ -22,39 +23,11 @@ public class DataParallelTests : TempFolderTest
     /// <summary>The same, with <paramref name="threads"/> libtorch threads per process (OMP_NUM_THREADS) when given.</summary>
     private static string RunCase(int ranks, int? threads, params string[] arguments)
     {
-        var start = ranks == 1
-            ? new ProcessStartInfo("dotnet") { ArgumentList = { TestAssembly } }
-            : new ProcessStartInfo("mpirun") { ArgumentList = { "--allow-run-as-root", "--oversubscribe", "-np", ranks.ToString(CultureInfo.InvariantCulture), "dotnet", TestAssembly } };
-        if (arguments.Length == 0 || arguments[0] != DataParallelCases.TrainerCommand)
-            start.ArgumentList.Add(DataParallelCases.Command);
-        foreach (var argument in arguments)
-            start.ArgumentList.Add(argument);
-        start.RedirectStandardOutput = start.RedirectStandardError = true;
-        if (threads is int count)
-            start.Environment["OMP_NUM_THREADS"] = count.ToString(CultureInfo.InvariantCulture);
-        Process process;
-        try
-        {
-            process = Process.Start(start)!;
-        }
-        catch (System.ComponentModel.Win32Exception) when (ranks > 1)
-        {
-            Assert.Fail("mpirun was not found: install Open MPI (apt-get install openmpi-bin); .ci/run does.");
-            throw;
-        }
-        using (process)
-        {
-            var output = process.StandardOutput.ReadToEndAsync();
-            var error = process.StandardError.ReadToEndAsync();
-            if (!process.WaitForExit(TimeSpan.FromMinutes(4)))
-            {
-                process.Kill(entireProcessTree: true);
-                Assert.Fail($"The {ranks}-rank run did not finish within 4 minutes.");
-            }
-            string text = output.Result + error.Result;
-            Assert.AreEqual(0, process.ExitCode, $"The {ranks}-rank run failed:\n{text}");
-            return text;
-        }
+        string[] command = arguments.Length > 0 && arguments[0] == DataParallelCases.TrainerCommand ? arguments : [DataParallelCases.Command, .. arguments];
+        var environment = threads is int count ? new Dictionary<string, string> { ["OMP_NUM_THREADS"] = count.ToString(CultureInfo.InvariantCulture) } : null;
+        var outcome = ChildProcess.Run(command, environment, timeoutSeconds: 240, ranks);
+        outcome.AssertSucceeded($"The {ranks}-rank run");
+        return outcome.Output;
     }
 
     /// <summary>‖a − b‖ / ‖b‖.</summary>
@@ -168,12 +141,8 @@ public class DataParallelTests : TempFolderTest
     public void AKilledRankEndsTheJobWithAnErrorNamingIt()
     {
         string prefix = Path.Combine(TempFolder, "killed");
-        var start = new ProcessStartInfo("mpirun")
-        {
-            ArgumentList = { "--allow-run-as-root", "--oversubscribe", "-np", "2", "dotnet", TestAssembly, DataParallelCases.Command, "dbp", "78", "128", prefix, prefix + ".ckpt", "50" },
-            RedirectStandardOutput = true, RedirectStandardError = true,
-        };
-        using var process = Process.Start(start)!;
+        var start = ChildProcessRunner.StartInfo(TestAssembly, [DataParallelCases.Command, "dbp", "78", "128", prefix, prefix + ".ckpt", "50"], null, ranks: 2);
+        using var process = ChildProcessRunner.Start(start);
         var output = process.StandardOutput.ReadToEndAsync();
         var error = process.StandardError.ReadToEndAsync();
         string pidFile = prefix + ".rank1.pid";
