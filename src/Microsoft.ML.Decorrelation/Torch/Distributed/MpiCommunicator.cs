@@ -157,11 +157,7 @@ public sealed unsafe class MpiCommunicator : ICollectiveCommunicator, IDisposabl
             ScalarType.Float64 => _mpi.Double,
             _ => throw new ArgumentException($"All-reduce takes float32 or float64 tensors, not {tensor.dtype}.", nameof(tensor)),
         };
-        using var scope = NewDisposeScope();
-        var buffer = tensor.device.type == DeviceType.CPU && tensor.is_contiguous() ? tensor : tensor.cpu().contiguous();
-        Check(_mpi.Allreduce(_mpi.InPlace, Address(buffer), checked((int)buffer.NumberOfElements), type, _mpi.Sum, _mpi.CommWorld), "MPI_Allreduce");
-        if (!ReferenceEquals(buffer, tensor))
-            tensor.copy_(buffer);
+        InHostMemory(tensor, buffer => Check(_mpi.Allreduce(_mpi.InPlace, Address(buffer), checked((int)buffer.NumberOfElements), type, _mpi.Sum, _mpi.CommWorld), "MPI_Allreduce"));
     }
 
     /// <inheritdoc />
@@ -173,9 +169,18 @@ public sealed unsafe class MpiCommunicator : ICollectiveCommunicator, IDisposabl
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(root, Size);
         if (Size == 1)
             return;
+        InHostMemory(tensor, buffer => Check(_mpi.Bcast(Address(buffer), checked((int)(buffer.NumberOfElements * buffer.ElementSize)), _mpi.Byte, root, _mpi.CommWorld), "MPI_Bcast"));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="collective"/> on <paramref name="tensor"/>'s values in contiguous CPU memory (the tensor itself when it
+    /// already is, else a copy written back afterwards).
+    /// </summary>
+    private static void InHostMemory(Tensor tensor, Action<Tensor> collective)
+    {
         using var scope = NewDisposeScope();
         var buffer = tensor.device.type == DeviceType.CPU && tensor.is_contiguous() ? tensor : tensor.cpu().contiguous();
-        Check(_mpi.Bcast(Address(buffer), checked((int)(buffer.NumberOfElements * buffer.ElementSize)), _mpi.Byte, root, _mpi.CommWorld), "MPI_Bcast");
+        collective(buffer);
         if (!ReferenceEquals(buffer, tensor))
             tensor.copy_(buffer);
     }
@@ -231,18 +236,12 @@ public sealed unsafe class MpiCommunicator : ICollectiveCommunicator, IDisposabl
             {
                 if (!NativeLibrary.TryLoad(path, out var chosen))
                     throw new PlatformNotSupportedException($"The MPI library '{path}' named by {LibraryVariable} could not be loaded. {InstallAdvice}");
-                return NativeLibrary.TryGetExport(chosen, "ompi_mpi_comm_world", out _)
-                    ? Bind(chosen, "Open MPI", name => NativeLibrary.GetExport(chosen, "ompi_mpi_" + name), inPlace: 1)
-                    : Bind(chosen, "MPICH", name => MpichConstants[name], inPlace: -1);
+                return NativeLibrary.TryGetExport(chosen, "ompi_mpi_comm_world", out _) ? BindOpenMpi(chosen) : BindMpich(chosen);
             }
             if (TryLoad("libmpi.so.40", out var openMpi) || TryLoad("libmpi.so", out openMpi) && NativeLibrary.TryGetExport(openMpi, "ompi_mpi_comm_world", out _))
-            {
-                return Bind(openMpi, "Open MPI", name => NativeLibrary.GetExport(openMpi, "ompi_mpi_" + name), inPlace: 1);
-            }
+                return BindOpenMpi(openMpi);
             if (TryLoad("libmpi.so.12", out var mpich) || TryLoad("libmpich.so.12", out mpich))
-            {
-                return Bind(mpich, "MPICH", name => MpichConstants[name], inPlace: -1);
-            }
+                return BindMpich(mpich);
             throw new PlatformNotSupportedException(
                 $"Distributed training needs an MPI library, and none could be loaded (looked for Open MPI's libmpi.so.40 and MPICH's libmpi.so.12). {InstallAdvice}");
         }
@@ -257,6 +256,11 @@ public sealed unsafe class MpiCommunicator : ICollectiveCommunicator, IDisposabl
         };
 
         private static bool TryLoad(string name, out nint handle) => NativeLibrary.TryLoad(name, out handle);
+
+        // Open MPI's predefined handles are the addresses of exported objects; its MPI_IN_PLACE is (void*)1, MPICH's (void*)−1.
+        private static Implementation BindOpenMpi(nint library) => Bind(library, "Open MPI", name => NativeLibrary.GetExport(library, "ompi_mpi_" + name), inPlace: 1);
+
+        private static Implementation BindMpich(nint library) => Bind(library, "MPICH", name => MpichConstants[name], inPlace: -1);
 
         private static Implementation Bind(nint library, string family, Func<string, nint> handle, nint inPlace)
         {

@@ -196,7 +196,6 @@ public sealed class NetworkTrainer
             clock.Start();
             double loss;
             var (batchImages, batchLabels) = batches.Next();
-            int count = (int)batchLabels.shape[0];
             using (batchImages)
             using (batchLabels)
             using (var scope = NewDisposeScope())
