@@ -99,7 +99,7 @@ internal static class OnnxBench
                     foreach (var measure in order)
                         measure();
                 }
-                string Median(string key) => $"{measures[key].Order().ElementAt(measures[key].Count / 2):F1}";
+                string Median(string key) => $"{Bench.Median(measures[key]):F1}";
                 table.AddRow(architecture.ToString(), Median("ts1"), Median("ort1"), Median("tsN"), Median("ortN"),
                     $"{new FileInfo(zip).Length / 1e6:F1}", $"{new FileInfo(onnx).Length / 1e6:F1}");
                 console.MarkupLineInterpolated($"[grey]{architecture}: ONNX Runtime / TorchSharp, 1 image {Ratio(measures["ort1"], measures["ts1"]):F2}×, {batch} images {Ratio(measures["ortN"], measures["tsN"]):F2}×[/]");
@@ -120,7 +120,7 @@ internal static class OnnxBench
         return 0;
     }
 
-    private static double Ratio(List<double> a, List<double> b) => a.Order().ElementAt(a.Count / 2) / b.Order().ElementAt(b.Count / 2);
+    private static double Ratio(List<double> a, List<double> b) => Bench.Median(a) / Bench.Median(b);
 
     private sealed class Prediction
     {

@@ -85,7 +85,7 @@ internal static class TransferBench
                     foreach (var method in Methods)
                     {
                         var runs = Enumerable.Range(0, seeds).Select(seed => FineTune(architecture, method, weights, subset, test, epochs, seed)).ToList();
-                        double Median(Func<List<(double Accuracy, double Seconds)>, double> pick) => runs.Select(pick).Order().ElementAt(runs.Count / 2);
+                        double Median(Func<List<(double Accuracy, double Seconds)>, double> pick) => Bench.Median(runs.Select(pick));
                         table.AddRow(method.Name, $"{Median(r => r[Math.Max(0, r.Count / 4 - 1)].Accuracy):P2}", $"{Median(r => r[Math.Max(0, r.Count / 2 - 1)].Accuracy):P2}",
                             $"{Median(r => r[^1].Accuracy):P2}", $"{Median(r => r.Max(e => e.Accuracy)):P2}", $"{Median(r => r[^1].Seconds):F1}");
                         results.Add(new
