@@ -19,7 +19,7 @@ public class MetricsTests
         var options = new TrainingOptions { Epochs = 2, BatchSize = 200, LearningRate = 0.01, Decorrelation = new DecorrelationOptions { UpdateInterval = 1 } };
         using var network = NetworkTrainer.CreateNetwork(d => NetworkBuilder.SmallCnn(1, 28, 28, 10, d), options, decorrelated: true);
         double initialAccuracy = NetworkTrainer.Evaluate(network, data, 64, CPU);
-        var (_, initialLoss) = NetworkTrainer.Measure(network, data, 64, CPU);
+        double initialLoss = NetworkTrainer.Measure(network, data, 64, CPU).Loss;
 
         var history = new NetworkTrainer(options).Train(network, data, test: data);
 
@@ -27,7 +27,7 @@ public class MetricsTests
         Assert.AreEqual(initialLoss, history[0].TrainLoss, 1e-5, "and so did its loss");
         Assert.AreEqual(1.0, history[0].Epoch);
         Assert.AreEqual(2.0, history[1].Epoch);
-        var (finalAccuracy, finalLoss) = NetworkTrainer.Measure(network, data, 64, CPU);
+        var (finalAccuracy, _, finalLoss) = NetworkTrainer.Measure(network, data, 64, CPU);
         Assert.AreEqual(finalAccuracy, history[1].TestAccuracy!.Value, 1e-12);
         Assert.AreEqual(finalLoss, history[1].TestLoss!.Value, 1e-6 * finalLoss, "in float32, summed over other batches");
         Assert.AreEqual(0.01, history[1].LearningRate, 1e-15);
@@ -58,6 +58,8 @@ public class MetricsTests
         CollectionAssert.AreEqual(new[] { 1.0, 2.0 }, reported.Select(m => m.Epoch).ToArray());
         var last = reported[^1];
         Assert.AreEqual(evaluation.MicroAccuracy, last.ValidationAccuracy!.Value, 1e-9);
+        Assert.AreEqual(evaluation.MacroAccuracy, last.ValidationMacroAccuracy!.Value, 1e-9, "ML.NET's macro-accuracy");
+        Assert.AreNotEqual(last.ValidationAccuracy!.Value, last.ValidationMacroAccuracy!.Value, "the classes are unbalanced in 200 rows, so the two differ");
         Assert.AreEqual(evaluation.LogLoss, last.ValidationLoss!.Value, 1e-4, "ML.NET's log-loss of the saved scores");
         Assert.IsTrue(last.TrainAccuracy > 0.3 && last.TrainAccuracy <= 1, $"{last.TrainAccuracy}");
         Assert.IsLessThan(reported[0].LearningRate, last.LearningRate, "the cosine schedule decays");

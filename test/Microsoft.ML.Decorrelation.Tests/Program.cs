@@ -20,6 +20,8 @@ internal static class Program
             return NativeCases.Run(args[1..]);
         if (args.Length >= 5 && args[0] == DataParallelCases.Command)
             return DataParallelCases.Run(args[1..]);
+        if (args.Length >= 3 && args[0] == SelectionCases.Command)
+            return SelectionCases.Run(args[1..]);
         if (args.Length == 2 && args[0] == DataParallelCases.TrainerCommand)
             return DataParallelCases.RunTrainer(args[1]);
         Console.Error.WriteLine($"This assembly holds tests (run them with dotnet test), or: {ScoreSavedModelCommand} MODEL.zip DATA.idv OUTPUT.txt, or {NativeCases.Command} CASE ONEDNN OUTPUT.txt ARGS...");

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.ML.Data;
 using Microsoft.ML.Decorrelation.Selection;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
@@ -177,7 +178,7 @@ public class SuccessiveHalvingTests
         // ML.NET's TrainTestSplit with the experiment's seed: the same held-out rows score the best trial's reported accuracy.
         var held = ml.Data.TrainTestSplit(data, 0.25, seed: 5).TestSet;
         Assert.AreEqual(result.BestTrial.ValidationAccuracy, ml.MulticlassClassification.Evaluate(best.Transform(held)).MicroAccuracy, 1e-9);
-        StringAssert.StartsWith(log[0], "Searching 2 trials of 1..1 epochs");
+        StringAssert.Contains(log[0], ": searching 2 trials of 1..1 epochs (η 2) by MicroAccuracy");
         Assert.AreEqual(2, log.Count(l => l.StartsWith("Rung 0 (1 epochs) of trial", StringComparison.Ordinal)), string.Join("\n", log));
         StringAssert.StartsWith(log[^1], "Best: trial");
         Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => experiment.Execute(data, validationFraction: 1));
@@ -233,14 +234,18 @@ public class SuccessiveHalvingTests
             var uninterrupted = new DecorrelatedImageClassificationExperiment(ml, Settings("whole.sqlite")).Execute(train, validation);
             uninterrupted.BestModel.Dispose();
 
-            // Killed after three rung results: the fourth work item is under way when the cancellation lands.
+            // Killed after three rung results: the cancellation lands before the fourth work item is claimed.
             using var kill = new CancellationTokenSource();
             int reported = 0;
-            var first = new DecorrelatedImageClassificationExperiment(ml, Settings("killed.sqlite", _ => { if (++reported == 3) kill.Cancel(); }));
+            var first = new DecorrelatedImageClassificationExperiment(ml, Settings("killed.sqlite", t => { if (t.State != TrialState.Running && ++reported == 3) kill.Cancel(); }));
             Assert.ThrowsExactly<OperationCanceledException>(() => first.Execute(train, validation, kill.Token));
             var resumedWork = new List<string>();
-            var resumed = new DecorrelatedImageClassificationExperiment(ml, Settings("killed.sqlite", t => resumedWork.Add($"{t.Trial}@{t.Rung}")))
-                .Execute(train, validation);
+            ml.Log += (_, e) =>
+            {
+                if (e.Source.Contains(nameof(DecorrelatedImageClassificationExperiment)) && e.RawMessage.StartsWith("Rung ", StringComparison.Ordinal))
+                    lock (resumedWork) resumedWork.Add(e.RawMessage);
+            };
+            var resumed = new DecorrelatedImageClassificationExperiment(ml, Settings("killed.sqlite")).Execute(train, validation);
             using var best = resumed.BestModel;
 
             Assert.AreEqual(uninterrupted.Trials.Count(t => t.State == TrialState.Completed) + uninterrupted.Trials.Count(t => t.State == TrialState.Stopped),
@@ -256,6 +261,101 @@ public class SuccessiveHalvingTests
             other.MaxEpochs = 3;
             var error = Assert.ThrowsExactly<InvalidOperationException>(() => new DecorrelatedImageClassificationExperiment(ml, other).Execute(train, validation));
             StringAssert.Contains(error.Message, "belongs to another study: its search");
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    /// <summary>The work a worker reported, from its "Rung R (E epochs) of trial T: …" log lines.</summary>
+    private static List<(int Trial, int Rung, string Line)> WorkDone(IEnumerable<string> lines)
+        => lines.Where(l => l.StartsWith("Rung ", StringComparison.Ordinal)).Select(l =>
+        {
+            var words = l.Split(' ');
+            return (int.Parse(words[6].TrimEnd(':'), CultureInfo.InvariantCulture), int.Parse(words[1], CultureInfo.InvariantCulture), l);
+        }).ToList();
+
+    /// <summary>Each trial's validation accuracy after each rung, as one worker alone finds them.</summary>
+    private static Dictionary<(int Trial, int Rung), double> SingleWorkerRungs(string folder)
+    {
+        var (ml, train, validation) = SelectionCases.Data();
+        var rungs = new Dictionary<(int, int), double>();
+        var result = new DecorrelatedImageClassificationExperiment(ml, SelectionCases.Study(Path.Combine(folder, "single.sqlite"), t =>
+        {
+            if (t.State is TrialState.Stopped or TrialState.Completed)
+                rungs[(t.Trial, t.Rung)] = t.ValidationAccuracy;
+        })).Execute(train, validation);
+        result.BestModel.Dispose();
+        return rungs;
+    }
+
+    [TestMethod]
+    public void TwoWorkerProcessesShareOneJournalAndRunEveryPieceOfWorkOnce()
+    {
+        string folder = Directory.CreateTempSubdirectory("dbp-workers").FullName;
+        try
+        {
+            string journal = Path.Combine(folder, "shared.sqlite");
+            var workers = Enumerable.Range(0, 2).Select(i => Task.Run(() =>
+                ChildProcess.Run([SelectionCases.Command, journal, Path.Combine(folder, $"worker-{i}.txt")], timeoutSeconds: 600))).ToArray();
+            var single = SingleWorkerRungs(folder);
+            foreach (var (worker, i) in workers.Select((w, i) => (w, i)))
+                worker.Result.AssertSucceeded($"worker {i}");
+            var outputs = Enumerable.Range(0, 2).Select(i => File.ReadAllLines(Path.Combine(folder, $"worker-{i}.txt"))).ToArray();
+            var done = outputs.SelectMany(WorkDone).ToList();
+            Console.WriteLine(string.Join("\n", outputs.Select((o, i) => $"worker {i}:\n  " + string.Join("\n  ", o))));
+
+            Assert.IsTrue(outputs.All(o => WorkDone(o).Count > 0), "both workers did work");
+            Assert.AreEqual(done.Count, done.Select(d => (d.Trial, d.Rung)).Distinct().Count(), "no piece of work ran twice");
+            CollectionAssert.AreEquivalent(Enumerable.Range(0, 6).ToArray(), done.Where(d => d.Rung == 0).Select(d => d.Trial).ToArray(), "every trial started once");
+            foreach (var (trial, rung, line) in done.Where(d => single.ContainsKey((d.Trial, d.Rung))))
+                StringAssert.Contains(line, $"validation accuracy {single[(trial, rung)]:P2}", $"trial {trial} rung {rung} ends as in the single-worker study");
+            Assert.AreEqual(outputs[0][^1], outputs[1][^1], "both workers return the study's best trial");
+            int bestTrial = int.Parse(outputs[0][^1].Split(' ')[1], CultureInfo.InvariantCulture);
+            Assert.IsTrue(done.Any(d => d.Trial == bestTrial && d.Rung == 1), "the best trial ran its full run");
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    [Timeout(300_000)]
+    public void WorkOfAWorkerThatDiesMidTrialIsFinishedByAnother()
+    {
+        string folder = Directory.CreateTempSubdirectory("dbp-dead-worker").FullName;
+        try
+        {
+            string journal = Path.Combine(folder, "shared.sqlite");
+            var dead = ChildProcess.Run([SelectionCases.Command, journal, Path.Combine(folder, "dead.txt"), "die"]);
+            Assert.AreNotEqual(0, dead.ExitCode, dead.Output);
+            StringAssert.Contains(dead.Output, "dying mid-trial as asked");
+
+            var (ml, train, validation) = SelectionCases.Data();
+            var warnings = new List<string>();
+            var rungs = new Dictionary<(int, int), double>();
+            ml.Log += (_, e) =>
+            {
+                if (e.Kind == Runtime.ChannelMessageKind.Warning && e.Source.Contains(nameof(DecorrelatedImageClassificationExperiment)))
+                    lock (warnings) warnings.Add(e.RawMessage);
+            };
+            // The dead worker's claim is taken over at once, its process being gone: waiting out the 10-minute lease would hit the test's timeout.
+            var result = new DecorrelatedImageClassificationExperiment(ml, SelectionCases.Study(journal, t =>
+            {
+                if (t.State is TrialState.Stopped or TrialState.Completed)
+                    rungs[(t.Trial, t.Rung)] = t.ValidationAccuracy;
+            })).Execute(train, validation);
+            using var best = result.BestModel;
+
+            Assert.AreEqual("Trial 0's rung 0 was claimed by a worker that stopped without reporting; continuing it from its last checkpoint.", warnings.Single());
+            Assert.HasCount(6, result.Trials);
+            Assert.IsTrue(result.Trials.All(t => t.State is TrialState.Stopped or TrialState.Completed), string.Join("\n", result.Trials));
+            var single = SingleWorkerRungs(folder);
+            CollectionAssert.AreEquivalent(single.Keys.ToArray(), rungs.Keys.ToArray(), "the same work as one uninterrupted worker");
+            foreach (var (key, accuracy) in single)
+                Assert.AreEqual(accuracy, rungs[key], 1e-12, $"trial {key.Item1} rung {key.Item2}");
         }
         finally
         {

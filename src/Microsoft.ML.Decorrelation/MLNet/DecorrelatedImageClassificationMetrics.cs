@@ -18,7 +18,13 @@ public sealed class DecorrelatedImageClassificationMetrics
     /// <summary>Accuracy on the validation set after the epoch, or null without one.</summary>
     public double? ValidationAccuracy { get; init; }
 
-    /// <summary>Mean cross-entropy on the validation set after the epoch, or null without one.</summary>
+    /// <summary>
+    /// Macro-accuracy on the validation set after the epoch (the mean over the classes present of each class's accuracy,
+    /// as ML.NET's <c>MulticlassClassificationMetrics.MacroAccuracy</c>), or null without one.
+    /// </summary>
+    public double? ValidationMacroAccuracy { get; init; }
+
+    /// <summary>Mean cross-entropy (log-loss) on the validation set after the epoch, or null without one.</summary>
     public double? ValidationLoss { get; init; }
 
     /// <summary>The learning rate of the weights at the epoch's last step.</summary>

@@ -374,6 +374,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
                         TrainLoss = m.TrainLoss,
                         TrainAccuracy = m.TrainAccuracy,
                         ValidationAccuracy = m.TestAccuracy,
+                        ValidationMacroAccuracy = m.TestMacroAccuracy,
                         ValidationLoss = m.TestLoss,
                         LearningRate = m.LearningRate,
                         DecorrelationLearningRate = m.DecorrelationLearningRate,

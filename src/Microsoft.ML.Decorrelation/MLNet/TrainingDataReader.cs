@@ -47,6 +47,8 @@ internal static class TrainingDataReader
             return Decode(data, input, labelColumn, classCount, checkAlive, temporary, fingerprint: null, deleteOnDispose: true, progress);
         }
         var (fingerprint, skipped) = Fingerprint(data, input, labelColumn, classCount, checkAlive);
+        // Processes sharing the folder (workers of one study) take turns: the first builds the cache, the others reuse it.
+        using var turn = WaitForCacheLock(cacheFolder, checkAlive, log);
         if (Directory.Exists(cacheFolder))
         {
             string? reason;
@@ -79,6 +81,33 @@ internal static class TrainingDataReader
             Directory.Delete(cacheFolder, recursive: true);
         Directory.Move(building, cacheFolder);
         return (ImageCache.Open(cacheFolder), skipped);
+    }
+
+    /// <summary>Holds an exclusive lock on <c>cacheFolder.lock</c> (an advisory file lock, released when the process dies), waiting for it.</summary>
+    private static FileStream WaitForCacheLock(string cacheFolder, Action checkAlive, Action<string>? log)
+    {
+        string path = cacheFolder.TrimEnd(Path.DirectorySeparatorChar) + ".lock";
+        bool announced = false;
+        while (true)
+        {
+            try
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+                return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException && !(e is IOException && File.Exists(path)))
+            {
+                throw new IOException($"The image cache in '{cacheFolder}' cannot be written: {e.Message}", e);
+            }
+            catch (IOException)
+            {
+                if (!announced)
+                    log?.Invoke($"Waiting for another process to finish the image cache in '{cacheFolder}'.");
+                announced = true;
+                checkAlive();
+                Thread.Sleep(250);
+            }
+        }
     }
 
     private static (ImageCache Data, long SkippedRows) Decode(IDataView data, ImageInput input, string labelColumn, int classCount, Action checkAlive,

@@ -83,6 +83,26 @@ public sealed class AsynchronousSuccessiveHalving
         return new TrialWork(next, 0, Rungs[0]);
     }
 
+    /// <summary>
+    /// Marks <paramref name="work"/> as handed out, as <see cref="Next"/> would have: rebuilds a scheduler from a journal's
+    /// reports (each restored, then reported) and its work in progress (restored only). The result does not depend on the
+    /// order in which work in progress is restored.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The work's rung or trial lies outside this search.</exception>
+    /// <exception cref="InvalidOperationException">The trial is running already.</exception>
+    public void Restore(TrialWork work)
+    {
+        if (work.Rung < 0 || work.Rung >= Rungs.Count)
+            throw new ArgumentOutOfRangeException(nameof(work), work, $"Rung {work.Rung} does not exist: the search has {Rungs.Count} rungs.");
+        if (work.Trial < 0 || work.Trial >= _maxTrials)
+            throw new ArgumentOutOfRangeException(nameof(work), work, $"Trial {work.Trial} does not exist: the search starts {_maxTrials} trials.");
+        if (!_running.Add(work.Trial))
+            throw new InvalidOperationException($"Trial {work.Trial} is running already; it cannot be restored at rung {work.Rung}.");
+        _started = Math.Max(_started, work.Trial + 1);
+        if (work.Rung > 0)
+            _promoted[work.Rung - 1].Add(work.Trial);
+    }
+
     /// <summary>Records that <paramref name="work"/> finished with validation metric <paramref name="metric"/>.</summary>
     /// <exception cref="InvalidOperationException">The work was not handed out, or was reported already.</exception>
     public void Report(TrialWork work, double metric)

@@ -13,10 +13,15 @@ namespace Microsoft.ML.Decorrelation.Selection;
 /// Every trial is defined by its full run (<see cref="Settings.MaxEpochs"/> epochs, so the step schedule decays where a
 /// plain run's would); a rung stops it after the rung's epochs at a checkpoint, and a promotion resumes from that
 /// checkpoint, so a trial that reaches the top rung ends exactly where a plain run of the same options would. The trials
-/// share one decoded image cache: the data is decoded by the first trial and reused by the others. Trials run one after
-/// the other in this process; a study journal (<see cref="Settings.JournalPath"/>) lets a killed experiment resume. Progress
-/// goes to ML.NET's log (<c>mlContext.Log</c>) and to <see cref="Settings.Progress"/>. Not built yet: several worker processes
-/// sharing one study, k-fold validation, metrics other than micro-accuracy.
+/// share one decoded image cache: the data is decoded by the first trial and reused by the others.
+/// <para>
+/// The study lives in a journal (<see cref="Settings.JournalPath"/>, an SQLite file; a temporary one without it): a killed
+/// experiment resumes from it, and several processes that call <see cref="Execute(IDataView, IDataView, CancellationToken)"/>
+/// with the same settings, data and journal are workers of one study — each asks the journal for the next piece of work, and a
+/// piece whose worker died is handed to another after <see cref="Settings.Lease"/>. Each worker returns when the study has
+/// nothing left to do (or its own budget ran out) with the study's best model and every trial, whichever worker ran it.
+/// Progress goes to ML.NET's log (<c>mlContext.Log</c>) and to <see cref="Settings.Progress"/>. Not built: k-fold validation.
+/// </para>
 /// </remarks>
 public sealed class DecorrelatedImageClassificationExperiment
 {
@@ -32,11 +37,14 @@ public sealed class DecorrelatedImageClassificationExperiment
         /// <summary>Epochs of the lowest rung. Default 1.</summary>
         public int MinEpochs { get; set; } = 1;
 
-        /// <summary>Epochs of a full run (the top rung). Default 6, the trainer's.</summary>
+        /// <summary>Epochs of a full run (the top rung): every trial's <c>MaxEpoch</c>. Default 6, the trainer's.</summary>
         public int MaxEpochs { get; set; } = 6;
 
         /// <summary>η: the top 1/η of a rung is promoted. Default 3.</summary>
         public int ReductionFactor { get; set; } = 3;
+
+        /// <summary>The validation metric trials are ranked by. Default micro-accuracy.</summary>
+        public OptimizingMetric OptimizingMetric { get; set; } = OptimizingMetric.MicroAccuracy;
 
         /// <summary>Stop starting work after this long (a running trial finishes its rung); null for no limit.</summary>
         public TimeSpan? TimeBudget { get; set; }
@@ -47,23 +55,36 @@ public sealed class DecorrelatedImageClassificationExperiment
         /// <summary>Options every trial shares (columns, image size); the search space's settings override theirs.</summary>
         public DecorrelatedImageClassificationTrainer.Options BaseOptions { get; set; } = new();
 
-        /// <summary>Seed of the sampling and of every trial. Default 0.</summary>
+        /// <summary>Seed of the sampling and of every trial (trial <c>i</c> trains with seed <c>Seed + i</c>). Default 0.</summary>
         public int Seed { get; set; }
 
-        /// <summary>Folder for the shared cache and the trials' checkpoints; a new temporary folder (deleted afterwards) when null.</summary>
+        /// <summary>
+        /// Folder for the shared cache, the trials' checkpoints and models; every worker of a study must see the same one.
+        /// A new temporary folder (deleted afterwards) when null and there is no journal; the journal's path plus ".work" with one.
+        /// </summary>
         public string? WorkFolder { get; set; }
 
         /// <summary>
         /// An SQLite file recording the study; an experiment killed at any point resumes from it (finished rungs are not
-        /// run again). Null for none. With a journal, <see cref="WorkFolder"/> defaults to the journal's path plus ".work".
+        /// run again), and processes that share it share the study. Null for a private, temporary one.
         /// </summary>
         public string? JournalPath { get; set; }
 
-        /// <summary>Receives each trial's record whenever it changes.</summary>
+        /// <summary>
+        /// How long a worker's claim on a piece of work stays valid without renewal (the worker renews it every third of
+        /// this while it lives). A worker that dies has its work handed to another after this long. Default 2 minutes.
+        /// </summary>
+        public TimeSpan Lease { get; set; } = TimeSpan.FromMinutes(2);
+
+        /// <summary>How often a worker with nothing to do asks again (the rest waits on other workers' trials). Default 2 s.</summary>
+        public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(2);
+
+        /// <summary>Receives a trial's record whenever it changes: this worker's after each epoch, other workers' when seen in the journal.</summary>
         public Action<TrialRecord>? Progress { get; set; }
     }
 
     /// <summary>Creates an experiment in <paramref name="context"/>.</summary>
+    /// <exception cref="ArgumentException">A setting or the search space is invalid; the message names it.</exception>
     public DecorrelatedImageClassificationExperiment(MLContext context, Settings settings)
     {
         ArgumentNullException.ThrowIfNull(context);
@@ -72,6 +93,12 @@ public sealed class DecorrelatedImageClassificationExperiment
         _ = new AsynchronousSuccessiveHalving(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
         if (settings.TimeBudget is { } budget && budget <= TimeSpan.Zero)
             throw new ArgumentOutOfRangeException(nameof(settings), budget, "Settings.TimeBudget must be positive.");
+        if (settings.Lease < TimeSpan.FromSeconds(1))
+            throw new ArgumentOutOfRangeException(nameof(settings), settings.Lease, "Settings.Lease must be at least one second.");
+        if (settings.PollInterval <= TimeSpan.Zero)
+            throw new ArgumentOutOfRangeException(nameof(settings), settings.PollInterval, "Settings.PollInterval must be positive.");
+        if (!Enum.IsDefined(settings.OptimizingMetric))
+            throw new ArgumentOutOfRangeException(nameof(settings), settings.OptimizingMetric, "Settings.OptimizingMetric is not a metric this experiment knows.");
         _context = context;
         _settings = settings;
     }
@@ -92,78 +119,126 @@ public sealed class DecorrelatedImageClassificationExperiment
         return Execute(split.TrainSet, split.TestSet, cancellation);
     }
 
-    /// <summary>Runs the search: trains on <paramref name="train"/>, ranks by accuracy on <paramref name="validation"/>.</summary>
+    /// <summary>
+    /// Runs the search as one worker of the study: trains on <paramref name="train"/>, ranks by
+    /// <see cref="Settings.OptimizingMetric"/> on <paramref name="validation"/>, and returns when the study has nothing left
+    /// to do or this worker's <see cref="Settings.TimeBudget"/> ran out.
+    /// </summary>
     /// <param name="train">Training rows with a key label column and the feature column, as the trainer takes them.</param>
     /// <param name="validation">Validation rows, transformed by the same label mapping.</param>
-    /// <param name="cancellation">Stops the search between steps.</param>
-    /// <exception cref="InvalidOperationException">No trial finished its full run within the budget.</exception>
+    /// <param name="cancellation">Stops the search between steps; the piece of work in hand is handed to another worker after its lease.</param>
+    /// <exception cref="InvalidOperationException">No trial finished its full run within the budget, or the journal belongs to another study.</exception>
+    /// <exception cref="IOException">The journal cannot be opened or written; the message names it.</exception>
     public ExperimentResult Execute(IDataView train, IDataView validation, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
         var settings = _settings;
-        bool keepFolder = settings.WorkFolder is not null || settings.JournalPath is not null;
+        bool temporary = settings.WorkFolder is null && settings.JournalPath is null;
         string folder = settings.WorkFolder ?? (settings.JournalPath is { } journalPath ? journalPath + ".work"
             : Path.Combine(Path.GetTempPath(), "dbp-experiment-" + Guid.NewGuid().ToString("N")));
         Directory.CreateDirectory(folder);
-        using var journal = settings.JournalPath is null ? null : StudyJournal.Open(settings.JournalPath, Describe(train, validation));
         // The experiment's progress in ML.NET's log (mlContext.Log), as ML.NET's own components report theirs.
         using var channel = ((IHostEnvironment)_context).Register(nameof(DecorrelatedImageClassificationExperiment)).Start("Search");
-        channel.Info($"Searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.MaxEpochs} epochs (η {settings.ReductionFactor})" +
-                     (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (journal is null ? "." : $", journal '{settings.JournalPath}'."));
         try
         {
-            var search = new AsynchronousSuccessiveHalving(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
-            var trials = journal?.Trials(settings.BaseOptions) ?? [];
-            // Replay: the scheduler hands out the same work in the same order, so each report lands where it was made.
-            foreach (var report in journal?.Reports() ?? [])
-            {
-                var replayed = search.Next();
-                if (replayed is not TrialWork work || work.Trial != report.Trial || work.Rung != report.Rung)
-                    throw new InvalidOperationException($"The study journal '{settings.JournalPath}' does not replay: it reports trial {report.Trial} rung {report.Rung} where the search decides {replayed?.ToString() ?? "nothing"}.");
-                if (report.Failed)
-                    search.ReportFailure(work);
-                else
-                    search.Report(work, report.Accuracy);
-            }
+            using var journal = StudyJournal.Open(settings.JournalPath ?? Path.Combine(folder, "study.sqlite"), Describe(train, validation));
+            string worker = WorkerName();
+            channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.MaxEpochs} epochs (η {settings.ReductionFactor}) by {settings.OptimizingMetric}" +
+                         (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (settings.JournalPath is null ? "." : $", journal '{settings.JournalPath}'."));
+            var seen = new Dictionary<int, string>();
             var clock = Stopwatch.StartNew();
-            while (!cancellation.IsCancellationRequested && (settings.TimeBudget is not { } budget || clock.Elapsed < budget) && search.Next() is TrialWork work)
+            while (settings.TimeBudget is not { } budget || clock.Elapsed < budget)
             {
-                if (!trials.TryGetValue(work.Trial, out var trial))
+                cancellation.ThrowIfCancellationRequested();
+                var decision = journal.ClaimWork(worker, Now(), settings.Lease, NewSearch(), Score, NewTrial, IsDeadProcessOfThisMachine);
+                var trials = journal.Trials(settings.BaseOptions);
+                foreach (var other in trials.Values.Where(t => seen.GetValueOrDefault(t.Trial) != t.Summary()))
                 {
-                    var configuration = settings.SearchSpace.Sample(settings.Seed, work.Trial);
-                    trials[work.Trial] = trial = new TrialRecord(work.Trial, configuration, configuration.Apply(settings.BaseOptions));
+                    seen[other.Trial] = other.Summary();
+                    if (decision.Work?.Trial != other.Trial)
+                        settings.Progress?.Invoke(other);
                 }
-                trial.State = TrialState.Running;
-                journal?.Save(trial);
-                using (var model = RunRung(trial, work, train, validation, folder, cancellation))
+                if (decision.Work is not TrialWork work)
                 {
+                    if (decision.Finished)
+                        break;
+                    cancellation.WaitHandle.WaitOne(settings.PollInterval);
+                    continue;
+                }
+                var trial = trials[work.Trial];
+                if (decision.Requeued)
+                    channel.Warning($"Trial {work.Trial}'s rung {work.Rung} was claimed by a worker that stopped without reporting; continuing it from its last checkpoint.");
+                try
+                {
+                    using var model = RunRung(journal, worker, trial, work, train, validation, folder, cancellation);
                     if (model is not null)
                         _context.Model.Save(model, validation.Schema, ModelPath(folder, trial.Trial));
                 }
-                bool failed = trial.State == TrialState.Failed;
-                if (failed)
-                    search.ReportFailure(work);
-                else
-                    search.Report(work, trial.ValidationAccuracy);
-                journal?.Record(trial, work, failed);
+                catch (OperationCanceledException)
+                {
+                    journal.Release(worker, work.Trial);   // the next worker continues it from its last checkpoint
+                    throw;
+                }
+                if (trial.State == TrialState.Running)   // its lease ran out and another worker took it over
+                {
+                    channel.Warning($"Worker {worker} lost its claim on trial {work.Trial} (lease {settings.Lease}); another worker finishes it.");
+                    continue;
+                }
+                if (!journal.Record(trial, work, trial.State == TrialState.Failed, worker))
+                    channel.Warning($"Worker {worker} lost its claim on trial {work.Trial} before reporting rung {work.Rung}; another worker's report counts.");
+                seen[trial.Trial] = trial.Summary();
                 channel.Info($"Rung {work.Rung} ({work.Epochs} epochs) of {trial}");
                 settings.Progress?.Invoke(trial);
             }
-            cancellation.ThrowIfCancellationRequested();
-            var ordered = trials.Values.OrderBy(t => t.Trial).ToList();
-            var bestTrial = ordered.Where(t => t.State == TrialState.Completed).MaxBy(t => t.ValidationAccuracy)
+            var ordered = journal.Trials(settings.BaseOptions).Values.OrderBy(t => t.Trial).ToList();
+            var bestTrial = ordered.Where(t => t.State == TrialState.Completed).MaxBy(t => Score(t.Metric))
                 ?? throw new InvalidOperationException($"No trial finished its full {settings.MaxEpochs} epochs within the budget ({ordered.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
             var (_, best) = DecorrelatedImageClassificationTransformer.Load(_context, ModelPath(folder, bestTrial.Trial));
-            channel.Info($"Best: {bestTrial} ({ordered.Count} trials in {clock.Elapsed.TotalSeconds:F0} s).");
+            channel.Info($"Best: {bestTrial} ({ordered.Count} trials; this worker searched {clock.Elapsed.TotalSeconds:F0} s).");
             return new ExperimentResult(best, bestTrial, ordered, clock.Elapsed);
         }
         finally
         {
-            if (!keepFolder && Directory.Exists(folder))
+            if (temporary && Directory.Exists(folder))
                 Directory.Delete(folder, recursive: true);
         }
     }
+
+    private static long Now() => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+
+    /// <summary>A name unique to this call: machine, process id, and a random tag (one process may run several workers).</summary>
+    private static string WorkerName() => $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid().ToString("N")[..6]}";
+
+    /// <summary>Whether <paramref name="worker"/> names a process of this machine that no longer runs: its work need not wait for the lease.</summary>
+    private static bool IsDeadProcessOfThisMachine(string worker)
+    {
+        var parts = worker.Split('/');
+        if (parts.Length != 3 || parts[0] != Environment.MachineName || !int.TryParse(parts[1], out int id))
+            return false;
+        try
+        {
+            using var process = System.Diagnostics.Process.GetProcessById(id);
+            return process.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return true;   // no process has that id
+        }
+    }
+
+    private AsynchronousSuccessiveHalving NewSearch()
+        => new(_settings.MaxTrials, _settings.MinEpochs, _settings.MaxEpochs, _settings.ReductionFactor);
+
+    private TrialRecord NewTrial(int number)
+    {
+        var configuration = _settings.SearchSpace.Sample(_settings.Seed, number);
+        return new TrialRecord(number, configuration, configuration.Apply(_settings.BaseOptions));
+    }
+
+    /// <summary>The scheduler's higher-is-better score of a value of the optimizing metric.</summary>
+    private double Score(double metric)
+        => double.IsNaN(metric) ? double.NegativeInfinity : _settings.OptimizingMetric == OptimizingMetric.LogLoss ? -metric : metric;
 
     private static string ModelPath(string folder, int trial) => Path.Combine(folder, $"trial-{trial}.zip");
 
@@ -175,6 +250,7 @@ public sealed class DecorrelatedImageClassificationExperiment
         return new Dictionary<string, string>
         {
             ["search"] = $"trials {s.MaxTrials}, epochs {s.MinEpochs}..{s.MaxEpochs}, η {s.ReductionFactor}, seed {s.Seed}; {s.SearchSpace.Describe()}",
+            ["metric"] = s.OptimizingMetric.ToString(),
             ["training data"] = Data(train),
             ["validation data"] = Data(validation),
         };
@@ -183,8 +259,11 @@ public sealed class DecorrelatedImageClassificationExperiment
     /// <summary>Thrown inside a trial's Fit to end it at its rung; the checkpoint of the rung's last epoch is on disk.</summary>
     private sealed class RungReachedException() : Exception("The trial reached its rung.");
 
-    private DecorrelatedImageClassificationTransformer? RunRung(TrialRecord trial, TrialWork work, IDataView train, IDataView validation, string folder,
-        CancellationToken cancellation)
+    /// <summary>Thrown inside a trial's Fit when this worker's claim on it was taken over.</summary>
+    private sealed class ClaimLostException() : Exception("The worker's claim on the trial was taken over.");
+
+    private DecorrelatedImageClassificationTransformer? RunRung(StudyJournal journal, string worker, TrialRecord trial, TrialWork work,
+        IDataView train, IDataView validation, string folder, CancellationToken cancellation)
     {
         var options = trial.Options.Clone();
         options.MaxEpoch = _settings.MaxEpochs;
@@ -194,19 +273,49 @@ public sealed class DecorrelatedImageClassificationExperiment
         options.CacheDirectory = Path.Combine(folder, "cache");
         options.CheckpointPath = Path.Combine(folder, $"trial-{trial.Trial}.checkpoint");
         options.ResumeFromCheckpoint = true;
+        var clock = Stopwatch.StartNew();
+        double secondsBefore = trial.Seconds;
         options.MetricsCallback = m =>
         {
-            trial.Curve.Add((m.Epoch, m.ValidationAccuracy ?? double.NaN, m.Seconds));
+            trial.Curve.RemoveAll(c => c.Epoch >= m.Epoch);   // epochs a dead worker ran past its last checkpoint are run again
+            trial.Curve.Add(new TrialCurvePoint(m.Epoch, m.Seconds, m.ValidationAccuracy ?? double.NaN, m.ValidationMacroAccuracy ?? double.NaN, m.ValidationLoss ?? double.NaN));
             trial.EpochsRun = (int)Math.Round(m.Epoch);
             trial.ValidationAccuracy = m.ValidationAccuracy ?? double.NaN;
+            trial.Metric = _settings.OptimizingMetric switch
+            {
+                OptimizingMetric.MacroAccuracy => m.ValidationMacroAccuracy ?? double.NaN,
+                OptimizingMetric.LogLoss => m.ValidationLoss ?? double.NaN,
+                _ => m.ValidationAccuracy ?? double.NaN,
+            };
+            trial.Seconds = secondsBefore + clock.Elapsed.TotalSeconds;
+            journal.Save(trial);   // a worker that takes the trial over finds its curve up to the last checkpoint
+            _settings.Progress?.Invoke(trial);
         };
+        // The claim is renewed while this worker lives; a worker that loses it (a stall longer than the lease) stops the trial.
+        bool lost = false;
+        Exception? renewalError = null;
+        var period = _settings.Lease / 3;
+        using var renewal = new Timer(_ =>
+        {
+            try
+            {
+                lost |= !journal.Renew(worker, work.Trial, Now() + (long)_settings.Lease.TotalMilliseconds);
+            }
+            catch (Exception e) when (e is Microsoft.Data.Sqlite.SqliteException or InvalidOperationException)
+            {
+                renewalError = e;   // reported by the training thread below
+            }
+        }, null, period, period);
         options.ProgressCallback = p =>
         {
             cancellation.ThrowIfCancellationRequested();
+            if (renewalError is { } error)
+                throw new IOException($"Renewing the claim on trial {work.Trial} in the study journal failed: {error.Message}", error);
+            if (lost)
+                throw new ClaimLostException();
             if (p.Epoch > work.Epochs)
                 throw new RungReachedException();
         };
-        var clock = Stopwatch.StartNew();
         try
         {
             var model = _context.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(train);
@@ -218,6 +327,11 @@ public sealed class DecorrelatedImageClassificationExperiment
             trial.State = TrialState.Stopped;
             return null;
         }
+        catch (ClaimLostException)
+        {
+            trial.State = TrialState.Running;
+            return null;
+        }
         catch (Exception e) when (e is Torch.TrainingDivergedException or InvalidOperationException or ArgumentException or IOException)
         {
             trial.State = TrialState.Failed;
@@ -226,11 +340,32 @@ public sealed class DecorrelatedImageClassificationExperiment
         }
         finally
         {
-            trial.Seconds += clock.Elapsed.TotalSeconds;
+            trial.Seconds = secondsBefore + clock.Elapsed.TotalSeconds;
             trial.Rung = work.Rung;
         }
     }
 }
+
+/// <summary>The validation metric an experiment ranks trials by (the names of ML.NET's <c>MulticlassClassificationMetrics</c>).</summary>
+public enum OptimizingMetric
+{
+    /// <summary>The fraction of validation images classified correctly; higher is better.</summary>
+    MicroAccuracy,
+
+    /// <summary>The mean over the classes of each class's accuracy, for unbalanced classes; higher is better.</summary>
+    MacroAccuracy,
+
+    /// <summary>The mean cross-entropy of the predicted probabilities; lower is better.</summary>
+    LogLoss,
+}
+
+/// <summary>One point of a trial's validation curve, after an epoch.</summary>
+/// <param name="Epoch">Epochs trained.</param>
+/// <param name="Seconds">The trial's training seconds so far.</param>
+/// <param name="ValidationAccuracy">Micro-accuracy on the validation set.</param>
+/// <param name="ValidationMacroAccuracy">Macro-accuracy on the validation set.</param>
+/// <param name="ValidationLogLoss">Log-loss on the validation set.</param>
+public readonly record struct TrialCurvePoint(double Epoch, double Seconds, double ValidationAccuracy, double ValidationMacroAccuracy, double ValidationLogLoss);
 
 /// <summary>Where a trial stands.</summary>
 public enum TrialState
@@ -279,14 +414,20 @@ public sealed class TrialRecord
     /// <summary>Validation accuracy after its last epoch (NaN before the first).</summary>
     public double ValidationAccuracy { get; internal set; } = double.NaN;
 
+    /// <summary>The optimizing metric on the validation set after its last epoch (NaN before the first): what the search ranks it by.</summary>
+    public double Metric { get; internal set; } = double.NaN;
+
     /// <summary>Wall-clock seconds spent on it, data reading included.</summary>
     public double Seconds { get; internal set; }
 
-    /// <summary>(epoch, validation accuracy, training seconds) after every epoch it has run.</summary>
-    public List<(double Epoch, double ValidationAccuracy, double Seconds)> Curve { get; } = [];
+    /// <summary>Its validation metrics after every epoch it has run.</summary>
+    public List<TrialCurvePoint> Curve { get; } = [];
 
     /// <summary>Why it failed, or null.</summary>
     public string? Error { get; internal set; }
+
+    /// <summary>What changes as the trial progresses, to notice changes made by other workers.</summary>
+    internal string Summary() => $"{State} {Rung} {EpochsRun} {Curve.Count} {Error}";
 
     /// <summary>A one-line summary for a leaderboard.</summary>
     public override string ToString()
@@ -298,6 +439,6 @@ public sealed class TrialRecord
 /// <summary>The outcome of an experiment: the best model and every trial.</summary>
 /// <param name="BestModel">The fitted transformer of the best trial that finished its full run, loaded from its saved model (the caller disposes it).</param>
 /// <param name="BestTrial">That trial.</param>
-/// <param name="Trials">Every trial, in start order (the leaderboard: sort by <see cref="TrialRecord.ValidationAccuracy"/>).</param>
-/// <param name="Duration">The experiment's wall-clock time.</param>
+/// <param name="Trials">Every trial of the study, in start order, whichever worker ran it (the leaderboard: sort by <see cref="TrialRecord.Metric"/>).</param>
+/// <param name="Duration">The wall-clock time this worker searched.</param>
 public sealed record ExperimentResult(DecorrelatedImageClassificationTransformer BestModel, TrialRecord BestTrial, IReadOnlyList<TrialRecord> Trials, TimeSpan Duration);

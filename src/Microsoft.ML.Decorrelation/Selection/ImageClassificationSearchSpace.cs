@@ -24,6 +24,15 @@ public sealed class ImageClassificationSearchSpace
     /// <summary>η_R per update (decorrelated trials only), sampled log-uniformly.</summary>
     public (double Min, double Max) DecorrelationLearningRate { get; set; } = (4e-3, 1.6e-2);
 
+    /// <summary>κ ∈ [0, 1]: the weight of variance normalisation against decorrelation (decorrelated trials only).</summary>
+    public IReadOnlyList<double> Kappa { get; set; } = [new Torch.DecorrelationOptions().Kappa];
+
+    /// <summary>Whether to flip training images left-right at random (augmentation).</summary>
+    public IReadOnlyList<bool> RandomHorizontalFlip { get; set; } = [false];
+
+    /// <summary>Padding of the random crop applied to training images (augmentation); 0 for none.</summary>
+    public IReadOnlyList<int> RandomCropPadding { get; set; } = [0];
+
     /// <summary>Checks that every setting offers at least one value.</summary>
     /// <exception cref="ArgumentException">A list is empty or a range is not positive and ordered; the message names the setting.</exception>
     public void Validate()
@@ -41,6 +50,13 @@ public sealed class ImageClassificationSearchSpace
         List(nameof(Architectures), Architectures);
         List(nameof(UseDecorrelation), UseDecorrelation);
         List(nameof(BatchSize), BatchSize);
+        List(nameof(Kappa), Kappa);
+        List(nameof(RandomHorizontalFlip), RandomHorizontalFlip);
+        List(nameof(RandomCropPadding), RandomCropPadding);
+        if (Kappa.Any(k => !(k >= 0 && k <= 1)))
+            throw new ArgumentException($"Search space {nameof(Kappa)} holds {Kappa.First(k => !(k >= 0 && k <= 1))}: κ must lie in [0, 1].", nameof(Kappa));
+        if (RandomCropPadding.Any(p => p < 0))
+            throw new ArgumentException($"Search space {nameof(RandomCropPadding)} holds {RandomCropPadding.Min()}: padding cannot be negative.", nameof(RandomCropPadding));
         if (BatchSize.Any(b => b < 1))
             throw new ArgumentException($"Search space {nameof(BatchSize)} holds {BatchSize.Min()}: batch sizes must be at least 1.", nameof(BatchSize));
         Range(nameof(LearningRate), LearningRate);
@@ -60,13 +76,18 @@ public sealed class ImageClassificationSearchSpace
             LogUniform(random, LearningRate),
             BatchSize[random.Next(BatchSize.Count)],
             LogUniform(random, WeightDecay),
-            LogUniform(random, DecorrelationLearningRate));
+            LogUniform(random, DecorrelationLearningRate),
+            // Drawn last so that spaces without these settings draw the earlier ones as before.
+            Kappa[random.Next(Kappa.Count)],
+            RandomHorizontalFlip[random.Next(RandomHorizontalFlip.Count)],
+            RandomCropPadding[random.Next(RandomCropPadding.Count)]);
     }
 
     /// <summary>The space as text, for a journal to recognise its study.</summary>
     internal string Describe()
         => $"architectures {string.Join(",", Architectures)}; decorrelation {string.Join(",", UseDecorrelation)}; lr {LearningRate}; batch {string.Join(",", BatchSize)}; " +
-           $"weight decay {WeightDecay}; η_R {DecorrelationLearningRate}";
+           $"weight decay {WeightDecay}; η_R {DecorrelationLearningRate}; " +
+           $"κ {string.Join(",", Kappa)}; flip {string.Join(",", RandomHorizontalFlip)}; crop padding {string.Join(",", RandomCropPadding)}";
 }
 
 /// <summary>The settings a search chose for one trial.</summary>
@@ -76,8 +97,11 @@ public sealed class ImageClassificationSearchSpace
 /// <param name="BatchSize">Images per step.</param>
 /// <param name="WeightDecay">L2 weight decay.</param>
 /// <param name="DecorrelationLearningRate">η_R per update (used by DBP only).</param>
+/// <param name="Kappa">κ of the decorrelation loss (used by DBP only).</param>
+/// <param name="RandomHorizontalFlip">Whether training images are flipped at random.</param>
+/// <param name="RandomCropPadding">Padding of the random crop of training images; 0 for none.</param>
 public sealed record TrialConfiguration(CnnArchitecture Architecture, bool UseDecorrelation, double LearningRate, int BatchSize, double WeightDecay,
-    double DecorrelationLearningRate)
+    double DecorrelationLearningRate, double Kappa = 0.01, bool RandomHorizontalFlip = false, int RandomCropPadding = 0)
 {
     /// <summary>The trainer's options: <paramref name="template"/>'s, with this configuration's settings.</summary>
     public DecorrelatedImageClassificationTrainer.Options Apply(DecorrelatedImageClassificationTrainer.Options template)
@@ -89,6 +113,9 @@ public sealed record TrialConfiguration(CnnArchitecture Architecture, bool UseDe
         options.BatchSize = BatchSize;
         options.WeightDecay = WeightDecay;
         options.DecorrelationLearningRate = DecorrelationLearningRate;
+        options.Kappa = Kappa;
+        options.RandomHorizontalFlip = RandomHorizontalFlip;
+        options.RandomCropPadding = RandomCropPadding;
         return options;
     }
 }

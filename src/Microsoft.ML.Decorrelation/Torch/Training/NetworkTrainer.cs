@@ -214,7 +214,7 @@ public sealed class NetworkTrainer
             int evaluationIndex = evaluationSteps.IndexOf(batch + 1);
             if (evaluationIndex < 0)
                 continue;
-            var (testAccuracy, testLoss) = test is null ? (double.NaN, double.NaN)
+            var measured = test is null ? default
                 : Measure(session.Network, test, options.EvaluationBatchSize, options.Device, options.OneDnn);
             bool decorrelated = session.Decorrelation.Layers.Count > 0;
             var metrics = new TrainingMetrics
@@ -223,8 +223,9 @@ public sealed class NetworkTrainer
                 Step = session.StepCount,
                 TrainLoss = lossSum / lossCount,
                 TrainAccuracy = (double)correct / seen,
-                TestAccuracy = test is null ? null : testAccuracy,
-                TestLoss = test is null ? null : testLoss,
+                TestAccuracy = test is null ? null : measured.Accuracy,
+                TestMacroAccuracy = test is null ? null : measured.MacroAccuracy,
+                TestLoss = test is null ? null : measured.Loss,
                 TrainingSeconds = seconds,
                 LearningRate = session.LearningRate,
                 DecorrelationLearningRate = decorrelated ? session.Decorrelation.Layers[0].LearningRate : null,
@@ -386,24 +387,25 @@ public sealed class NetworkTrainer
         => Measure(network, data, batchSize, device, oneDnn).Accuracy;
 
     /// <summary>
-    /// Accuracy and mean cross-entropy of <paramref name="network"/> on <paramref name="data"/>, in eval mode and without
-    /// gradients; both NaN for an empty set.
+    /// Accuracy, macro-accuracy and mean cross-entropy of <paramref name="network"/> on <paramref name="data"/>, in eval
+    /// mode and without gradients; all NaN for an empty set.
     /// </summary>
     /// <inheritdoc cref="Evaluate" path="/param"/>
-    public static (double Accuracy, double Loss) Measure(nn.Module<Tensor, Tensor> network, IImageSource data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
+    public static EvaluationMeasures Measure(nn.Module<Tensor, Tensor> network, IImageSource data, int batchSize, Device device, OneDnnMode oneDnn = OneDnnMode.Auto)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(data);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         if (data.Count == 0)
-            return (double.NaN, double.NaN);
+            return new EvaluationMeasures(double.NaN, double.NaN, double.NaN);
         using var kernels = NativeKernelGuard.Enter(oneDnn);
         bool wasTraining = network.training;
         network.eval();
         try
         {
             using var noGrad = no_grad();
-            double correct = 0, lossSum = 0;
+            double lossSum = 0;
+            var perClass = new Dictionary<long, (long Correct, long Count)>();
             for (long start = 0; start < data.Count; start += batchSize)
             {
                 using var scope = NewDisposeScope();
@@ -414,12 +416,19 @@ public sealed class NetworkTrainer
                 var (images, cpuLabels) = data.Read(rows);   // owned by this scope
                 var logits = network.forward(images.to(device));
                 var labels = cpuLabels.to(device);
-                var batch = stack([logits.argmax(1).eq(labels).sum().to(ScalarType.Float64),
-                    nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).to(ScalarType.Float64)]).cpu().data<double>();
-                correct += batch[0];
-                lossSum += batch[1];
+                var predicted = logits.argmax(1).cpu().data<long>().ToArray();
+                lossSum += nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).to(ScalarType.Float64).item<double>();
+                var truth = cpuLabels.to(ScalarType.Int64).data<long>().ToArray();
+                for (int i = 0; i < truth.Length; i++)
+                {
+                    perClass.TryGetValue(truth[i], out var tally);
+                    perClass[truth[i]] = (tally.Correct + (predicted[i] == truth[i] ? 1 : 0), tally.Count + 1);
+                }
             }
-            return (correct / data.Count, lossSum / data.Count);
+            double correct = perClass.Values.Sum(t => t.Correct);
+            // Macro-accuracy as ML.NET's evaluator defines it: the mean over the classes present of each class's accuracy.
+            double macro = perClass.Values.Average(t => (double)t.Correct / t.Count);
+            return new EvaluationMeasures(correct / data.Count, macro, lossSum / data.Count);
         }
         finally
         {

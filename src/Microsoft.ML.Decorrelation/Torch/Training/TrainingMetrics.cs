@@ -24,6 +24,9 @@ public sealed record TrainingMetrics
     /// <summary>Test accuracy at this point, or null when no test set was given.</summary>
     public double? TestAccuracy { get; init; }
 
+    /// <summary>Macro-accuracy (the mean of the per-class accuracies) on the test set at this point, or null when no test set was given.</summary>
+    public double? TestMacroAccuracy { get; init; }
+
     /// <summary>Mean cross-entropy on the test set at this point, or null when no test set was given.</summary>
     public double? TestLoss { get; init; }
 
@@ -51,6 +54,12 @@ public sealed record TrainingMetrics
     /// </summary>
     public required IReadOnlyDictionary<string, double> DecorrelationLoss { get; init; }
 }
+
+/// <summary>What <see cref="NetworkTrainer.Measure"/> found on a labelled set.</summary>
+/// <param name="Accuracy">The fraction of images classified correctly (micro-accuracy).</param>
+/// <param name="MacroAccuracy">The mean over the classes present of the fraction of that class classified correctly.</param>
+/// <param name="Loss">The mean cross-entropy (log-loss).</param>
+public readonly record struct EvaluationMeasures(double Accuracy, double MacroAccuracy, double Loss);
 
 /// <summary>Progress of one training step, for progress bars.</summary>
 /// <param name="Epoch">The current epoch (1-based).</param>
