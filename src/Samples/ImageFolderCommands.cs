@@ -72,6 +72,25 @@ internal static class ImageFolderCommands
         return command;
     }
 
+    /// <summary>The images of <paramref name="folder"/>, labelled by the name of the sub-folder that holds them.</summary>
+    /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
+    /// <exception cref="InvalidOperationException">It holds images of fewer than two classes.</exception>
+    internal static ImageRow[] FolderRows(DirectoryInfo folder)
+    {
+        if (!folder.Exists)
+            throw new DirectoryNotFoundException($"--images: '{folder.FullName}' does not exist.");
+        var rows = folder.GetDirectories().OrderBy(d => d.Name, StringComparer.Ordinal)
+            .SelectMany(classFolder => classFolder.EnumerateFiles("*", SearchOption.AllDirectories)
+                .Where(file => ImageExtensions.Contains(file.Extension.ToLowerInvariant()))
+                .OrderBy(file => file.FullName, StringComparer.Ordinal)
+                .Select(file => new ImageRow { ImagePath = file.FullName, Label = classFolder.Name }))
+            .ToArray();
+        int classes = rows.Select(r => r.Label).Distinct().Count();
+        if (classes < 2)
+            throw new InvalidOperationException($"--images: '{folder.FullName}' must hold at least two sub-folders with images (found {classes}).");
+        return rows;
+    }
+
     /// <summary>The rows of <paramref name="images"/> (paths), after checking that each exists.</summary>
     internal static IDataView ImageRows(MLContext ml, FileInfo[] images)
     {
@@ -110,16 +129,8 @@ internal static class ImageFolderCommands
         int epochs = settings.Epochs, size = settings.Size;
         if (settings.Pretrained is { Exists: false } missing)
             throw new FileNotFoundException($"--pretrained: '{missing.FullName}' does not exist.", missing.FullName);
-        if (!folder.Exists)
-            throw new DirectoryNotFoundException($"--images: '{folder.FullName}' does not exist.");
-        var rows = folder.GetDirectories().OrderBy(d => d.Name, StringComparer.Ordinal)
-            .SelectMany(classFolder => classFolder.EnumerateFiles("*", SearchOption.AllDirectories)
-                .Where(file => ImageExtensions.Contains(file.Extension.ToLowerInvariant()))
-                .Select(file => new ImageRow { ImagePath = file.FullName, Label = classFolder.Name }))
-            .ToArray();
-        var classes = rows.Select(r => r.Label).Distinct().Count();
-        if (classes < 2)
-            throw new InvalidOperationException($"--images: '{folder.FullName}' must hold at least two sub-folders with images (found {classes}).");
+        var rows = FolderRows(folder);
+        int classes = rows.Select(r => r.Label).Distinct().Count();
         console.MarkupLineInterpolated($"{rows.Length} images in {classes} classes from {folder.FullName}.");
 
         var ml = new MLContext(seed: 0);

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Microsoft.ML.Decorrelation.Selection;
@@ -6,78 +7,272 @@ using Spectre.Console;
 
 namespace Microsoft.ML.Decorrelation.Samples;
 
+/// <summary>What <c>select</c> was asked for.</summary>
+internal sealed record SelectSettings
+{
+    public double Minutes { get; init; } = 10;
+    public int Trials { get; init; } = 9;
+    public int MinEpochs { get; init; } = 1;
+    public int MaxEpochs { get; init; } = 6;
+    public int? Limit { get; init; }
+    public string? DataFolder { get; init; }
+    public DirectoryInfo? Images { get; init; }
+    public int Size { get; init; } = 32;
+    public string ReportFolder { get; init; } = "select-report";
+    public int Workers { get; init; } = 1;
+    public bool IsWorker { get; init; }
+    public string? Journal { get; init; }
+    public OptimizingMetric Metric { get; init; } = OptimizingMetric.MicroAccuracy;
+    public int Seed { get; init; }
+    public bool[] Methods { get; init; } = [true, false];
+
+    /// <summary>The journal every worker shares: --journal, or study.sqlite in the report folder with several workers; null for a private one.</summary>
+    public string? JournalPath => Journal ?? (Workers > 1 || IsWorker ? Path.Combine(ReportFolder, "study.sqlite") : null);
+}
+
 /// <summary>
-/// <c>select</c>: model selection on Fashion-MNIST with <see cref="DecorrelatedImageClassificationExperiment"/>, DBP and
-/// backprop in one search; prints each trial as it reports and the leaderboard, and writes the leaderboard (JSON), the
-/// validation accuracy of every trial against its training time (PNG) and the best model into the report folder.
+/// <c>select</c>: model selection with <see cref="DecorrelatedImageClassificationExperiment"/>, DBP and backprop in one search,
+/// on Fashion-MNIST or a folder of images; a live leaderboard while it runs, then the leaderboard (JSON), the validation
+/// metric of every trial against its training time (PNG), the best model and a one-line verdict in the report folder.
+/// With <c>--workers N</c> it starts N − 1 more worker processes of itself that share the study's journal.
 /// </summary>
 internal static class SelectCommand
 {
     public static System.CommandLine.Command Create()
     {
-        var minutes = new Option<double>("--time") { Description = "Time budget in minutes.", DefaultValueFactory = _ => 10 };
+        var minutes = new Option<string>("--time") { Description = "Time budget: minutes, or with a unit (90s, 10m, 1h).", DefaultValueFactory = _ => "10m" };
         var trials = new Option<int>("--trials") { Description = "Trials to start at most.", DefaultValueFactory = _ => 9 };
         var maxEpochs = new Option<int>("--max-epochs") { Description = "Epochs of a full run (the top rung).", DefaultValueFactory = _ => 6 };
         var minEpochs = new Option<int>("--min-epochs") { Description = "Epochs of the lowest rung.", DefaultValueFactory = _ => 1 };
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images (10 % of them validate)." };
         var data = new Option<string?>("--data") { Description = "A folder with the four Fashion-MNIST IDX files." };
+        var images = new Option<DirectoryInfo?>("--images") { Description = "Instead of Fashion-MNIST: a folder with one sub-folder of images per class." };
+        var size = new Option<int>("--size") { Description = "With --images: the side the images are resized to.", DefaultValueFactory = _ => 32 };
         var report = new Option<string>("--report") { Description = "Folder for the leaderboard, chart and best model.", DefaultValueFactory = _ => "select-report" };
+        var workers = new Option<int>("--workers") { Description = "Worker processes on this machine sharing the study (this one included).", DefaultValueFactory = _ => 1 };
+        var worker = new Option<bool>("--worker") { Description = "Run as one more worker of the study in --journal (no report); started by --workers, or by a scheduler." };
+        var journal = new Option<string?>("--journal") { Description = "The study's SQLite journal; a killed search resumes from it. Default with several workers: REPORT/study.sqlite." };
+        var metric = new Option<OptimizingMetric>("--metric") { Description = "The validation metric to optimize.", DefaultValueFactory = _ => OptimizingMetric.MicroAccuracy };
+        var seed = new Option<int>("--seed") { Description = "Seed of the search and its trials.", DefaultValueFactory = _ => 0 };
+        var methods = new Option<string>("--methods") { Description = "Training methods in the search space: both, dbp or backprop.", DefaultValueFactory = _ => "both" };
         var command = new System.CommandLine.Command("select", "Search DBP and backprop configurations by successive halving within a time budget.")
         {
-            minutes, trials, maxEpochs, minEpochs, limit, data, report,
+            minutes, trials, maxEpochs, minEpochs, limit, data, images, size, report, workers, worker, journal, metric, seed, methods,
         };
-        command.SetAction(result => Run(AnsiConsole.Console, result.GetValue(minutes), result.GetValue(trials), result.GetValue(minEpochs), result.GetValue(maxEpochs),
-            result.GetValue(limit), result.GetValue(data), result.GetValue(report)!));
+        command.SetAction(result => Run(AnsiConsole.Console, new SelectSettings
+        {
+            Minutes = ParseMinutes(result.GetValue(minutes)!), Trials = result.GetValue(trials), MinEpochs = result.GetValue(minEpochs), MaxEpochs = result.GetValue(maxEpochs),
+            Limit = result.GetValue(limit), DataFolder = result.GetValue(data), Images = result.GetValue(images), Size = result.GetValue(size),
+            ReportFolder = result.GetValue(report)!, Workers = result.GetValue(workers), IsWorker = result.GetValue(worker), Journal = result.GetValue(journal),
+            Metric = result.GetValue(metric), Seed = result.GetValue(seed), Methods = ParseMethods(result.GetValue(methods)!),
+        }, Environment.GetCommandLineArgs().Skip(1).ToArray()));
         return command;
     }
 
-    internal static int Run(IAnsiConsole console, double minutes, int trials, int minEpochs, int maxEpochs, int? limit, string? dataFolder, string reportFolder)
+    /// <summary>"10" or "10m" (minutes), "90s", "1.5h".</summary>
+    internal static double ParseMinutes(string text)
     {
-        var source = new FashionMnistSource().Locate(dataFolder);
-        var ml = new MLContext(seed: 0);
-        var rows = MainJob.ReadRows(source, train: true, limit).ToArray();
-        int held = rows.Length / 10;
-        var keys = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(rows));
-        var train = keys.Transform(ml.Data.LoadFromEnumerable(rows[held..]));
-        var validation = keys.Transform(ml.Data.LoadFromEnumerable(rows[..held]));
-        var test = keys.Transform(ml.Data.LoadFromEnumerable(MainJob.ReadRows(source, train: false, null)));
-        console.MarkupLineInterpolated($"Data: {source.Description}: {rows.Length - held} training, {held} validation images; budget {minutes} min, {trials} trials, rungs from {minEpochs} to {maxEpochs} epochs.");
-
-        var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+        static double Number(string digits, string whole) => double.TryParse(digits, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) && value > 0
+            ? value : throw new ArgumentException($"--time '{whole}' is not a positive duration such as 90s, 10m or 1h.");
+        return text.Trim() switch
         {
-            MaxTrials = trials, MinEpochs = minEpochs, MaxEpochs = maxEpochs, TimeBudget = TimeSpan.FromMinutes(minutes),
-            Progress = trial => console.MarkupLineInterpolated($"{trial}"),
-        });
-        var result = experiment.Execute(train, validation);
-        using var best = result.BestModel;
+            var t when t.EndsWith('s') => Number(t[..^1], text) / 60,
+            var t when t.EndsWith('m') => Number(t[..^1], text),
+            var t when t.EndsWith('h') => Number(t[..^1], text) * 60,
+            var t => Number(t, text),
+        };
+    }
 
-        var table = new Table().AddColumns("trial", "method", "lr", "batch", "weight decay", "η_R", "state", "epochs", "validation", "seconds");
-        foreach (var trial in result.Trials.OrderByDescending(t => double.IsNaN(t.ValidationAccuracy) ? -1 : t.ValidationAccuracy))
+    private static bool[] ParseMethods(string text) => text switch
+    {
+        "both" => [true, false],
+        "dbp" => [true],
+        "backprop" => [false],
+        _ => throw new ArgumentException($"--methods '{text}' is not one of both, dbp, backprop."),
+    };
+
+    /// <summary>Runs the search; <paramref name="commandLine"/> (this process's arguments) is what the extra workers are started with.</summary>
+    internal static int Run(IAnsiConsole console, SelectSettings settings, string[]? commandLine = null)
+    {
+        if (settings.Workers < 1)
+            throw new ArgumentException($"--workers {settings.Workers}: at least one worker is needed.");
+        var ml = new MLContext(seed: settings.Seed);
+        var (train, validation, test, description) = LoadData(ml, settings);
+        if (!settings.IsWorker)
+            console.MarkupLineInterpolated($"Data: {description}; budget {settings.Minutes:0.##} min, {settings.Trials} trials, rungs from {settings.MinEpochs} to {settings.MaxEpochs} epochs, {settings.Workers} worker(s), optimizing {settings.Metric}.");
+        Directory.CreateDirectory(settings.ReportFolder);
+        var others = settings.IsWorker ? [] : StartWorkers(settings, commandLine ?? []);
+
+        var trials = new SortedDictionary<int, TrialRecord>();
+        var experimentSettings = new DecorrelatedImageClassificationExperiment.Settings
+        {
+            MaxTrials = settings.Trials, MinEpochs = settings.MinEpochs, MaxEpochs = settings.MaxEpochs, TimeBudget = TimeSpan.FromMinutes(settings.Minutes),
+            OptimizingMetric = settings.Metric, Seed = settings.Seed, JournalPath = settings.JournalPath,
+            WorkFolder = settings.JournalPath is null ? null : Path.Combine(settings.ReportFolder, "work"),
+            SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = settings.Methods },
+        };
+        ExperimentResult result;
+        if (console.Profile.Capabilities.Interactive && !settings.IsWorker)
+        {
+            // A live leaderboard, redrawn whenever a trial of any worker changes.
+            var table = Leaderboard([], settings.Metric);
+            result = console.Live(table).Start(live =>
+            {
+                experimentSettings.Progress = trial =>
+                {
+                    lock (trials)
+                    {
+                        trials[trial.Trial] = trial;
+                        live.UpdateTarget(Leaderboard(trials.Values, settings.Metric));
+                    }
+                };
+                return new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
+            });
+        }
+        else
+        {
+            // Redirected output: one line per rung result.
+            experimentSettings.Progress = trial =>
+            {
+                if (trial.State != TrialState.Running)
+                    console.MarkupLineInterpolated($"{trial}");
+            };
+            result = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
+        }
+        foreach (var (process, log) in others)
+        {
+            process.WaitForExit();
+            log.Wait();
+            if (process.ExitCode != 0)
+                console.MarkupLineInterpolated($"[red]A worker process ended with exit code {process.ExitCode}; see {Path.Combine(settings.ReportFolder, "workers")}.[/]");
+            process.Dispose();
+        }
+        // The other workers may have reported after this one's last look: the final leaderboard is the journal's.
+        if (others.Count > 0)
+        {
+            result.BestModel.Dispose();
+            result = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).LoadResult(train, validation);
+        }
+        using (result.BestModel)
+        {
+            if (!settings.IsWorker)
+                WriteReport(console, ml, settings, result, train, test);
+        }
+        return 0;
+    }
+
+    /// <summary>Training and validation rows (10 % held out), an optional test set, and a description of the data.</summary>
+    private static (IDataView Train, IDataView Validation, IDataView? Test, string Description) LoadData(MLContext ml, SelectSettings settings)
+    {
+        if (settings.Images is { } folder)
+        {
+            var rows = ImageFolderCommands.FolderRows(folder);
+            if (settings.Limit is int limit)
+                rows = rows.Where((_, i) => i % Math.Max(1, rows.Length / limit) == 0).Take(limit).ToArray();
+            var all = ml.Data.ShuffleRows(ml.Data.LoadFromEnumerable(rows), seed: settings.Seed);
+            var pixels = ml.Transforms.Conversion.MapValueToKey("Label")
+                .Append(ImageFolderCommands.PixelPipeline(ml, "Features", channels: 3, settings.Size, settings.Size)).Fit(all).Transform(all);
+            var split = ml.Data.TrainTestSplit(pixels, 0.1, seed: settings.Seed);
+            return (split.TrainSet, split.TestSet, null, $"{folder.FullName}: {rows.Length} images in {rows.Select(r => r.Label).Distinct().Count()} classes, {settings.Size}×{settings.Size} RGB, 10 % validate");
+        }
+        var source = new FashionMnistSource().Locate(settings.DataFolder);
+        var trainRows = MainJob.ReadRows(source, train: true, settings.Limit).ToArray();
+        int held = trainRows.Length / 10;
+        var keys = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(trainRows));
+        return (keys.Transform(ml.Data.LoadFromEnumerable(trainRows[held..])), keys.Transform(ml.Data.LoadFromEnumerable(trainRows[..held])),
+            keys.Transform(ml.Data.LoadFromEnumerable(MainJob.ReadRows(source, train: false, null))),
+            $"{source.Description}: {trainRows.Length - held} training, {held} validation images");
+    }
+
+    /// <summary>Starts the other workers: this command again with --worker and the shared journal, each logging to REPORT/workers/worker-i.log.</summary>
+    private static List<(Process Process, Task Log)> StartWorkers(SelectSettings settings, string[] commandLine)
+    {
+        var started = new List<(Process, Task)>();
+        if (settings.Workers == 1)
+            return started;
+        string logs = Directory.CreateDirectory(Path.Combine(settings.ReportFolder, "workers")).FullName;
+        var arguments = commandLine.Where((a, i) => a != "--workers" && (i == 0 || commandLine[i - 1] != "--workers")).ToList();
+        arguments.AddRange(["--worker", "--journal", settings.JournalPath!]);
+        if (!arguments.Contains("--report"))
+            arguments.AddRange(["--report", settings.ReportFolder]);
+        for (int i = 1; i < settings.Workers; i++)
+        {
+            var process = ChildProcessRunner.Start(ChildProcessRunner.StartInfo(typeof(SelectCommand).Assembly.Location, arguments, environment: null));
+            string log = Path.Combine(logs, $"worker-{i}.log");
+            var copy = Task.WhenAll(process.StandardOutput.ReadToEndAsync(), process.StandardError.ReadToEndAsync())
+                .ContinueWith(t => File.WriteAllText(log, string.Concat(t.Result)), TaskScheduler.Default);
+            started.Add((process, copy));
+        }
+        return started;
+    }
+
+    private static string MetricText(double value, OptimizingMetric metric)
+        => double.IsNaN(value) ? "" : metric == OptimizingMetric.LogLoss ? value.ToString("F4", CultureInfo.InvariantCulture) : value.ToString("P2", CultureInfo.InvariantCulture);
+
+    /// <summary>The leaderboard: best first by the optimizing metric, unfinished and failed trials last.</summary>
+    private static Table Leaderboard(IEnumerable<TrialRecord> trials, OptimizingMetric metric)
+    {
+        var table = new Table().AddColumns("trial", "method", "lr", "batch", "weight decay", "η_R", "state", "epochs", metric.ToString(), "seconds");
+        double Rank(TrialRecord t) => double.IsNaN(t.Metric) ? double.NegativeInfinity : metric == OptimizingMetric.LogLoss ? -t.Metric : t.Metric;
+        foreach (var trial in trials.OrderByDescending(Rank).ThenBy(t => t.Trial))
         {
             var o = trial.Options;
+            string state = trial.State switch
+            {
+                TrialState.Stopped => $"stopped at rung {trial.Rung}",
+                TrialState.Running when trial.Rung > 0 || trial.EpochsRun > 0 => "promoted, running",
+                _ => trial.State.ToString().ToLowerInvariant(),
+            };
             table.AddRow(trial.Trial.ToString(CultureInfo.InvariantCulture), o.UseDecorrelation ? "DBP" : "backprop", o.LearningRate.ToString("G3", CultureInfo.InvariantCulture),
                 o.BatchSize.ToString(CultureInfo.InvariantCulture), o.WeightDecay.ToString("G2", CultureInfo.InvariantCulture),
-                o.UseDecorrelation ? o.DecorrelationLearningRate.ToString("G3", CultureInfo.InvariantCulture) : "", trial.State.ToString(),
-                trial.EpochsRun.ToString(CultureInfo.InvariantCulture), trial.ValidationAccuracy.ToString("P2", CultureInfo.InvariantCulture),
-                trial.Seconds.ToString("F1", CultureInfo.InvariantCulture));
+                o.UseDecorrelation ? o.DecorrelationLearningRate.ToString("G3", CultureInfo.InvariantCulture) : "", Markup.Escape(state),
+                trial.EpochsRun.ToString(CultureInfo.InvariantCulture), MetricText(trial.Metric, metric), trial.Seconds.ToString("F1", CultureInfo.InvariantCulture));
         }
-        console.Write(table);
+        return table;
+    }
 
-        Directory.CreateDirectory(reportFolder);
-        ml.Model.Save(best, train.Schema, Path.Combine(reportFolder, "best-model.zip"));
-        File.WriteAllText(Path.Combine(reportFolder, "leaderboard.json"), JsonSerializer.Serialize(result.Trials.Select(t => new
+    private static void WriteReport(IAnsiConsole console, MLContext ml, SelectSettings settings, ExperimentResult result, IDataView train, IDataView? test)
+    {
+        console.Write(Leaderboard(result.Trials, settings.Metric));
+        string folder = settings.ReportFolder;
+        ml.Model.Save(result.BestModel, train.Schema, Path.Combine(folder, "best-model.zip"));
+        static double? Value(double v) => double.IsNaN(v) ? null : v;
+        File.WriteAllText(Path.Combine(folder, "leaderboard.json"), JsonSerializer.Serialize(result.Trials.Select(t => new
         {
             t.Trial, Method = t.Options.UseDecorrelation ? "DBP" : "backprop", t.Options.LearningRate, t.Options.BatchSize, t.Options.WeightDecay,
             DecorrelationLearningRate = t.Options.UseDecorrelation ? t.Options.DecorrelationLearningRate : (double?)null,
-            State = t.State.ToString(), t.EpochsRun, ValidationAccuracy = double.IsNaN(t.ValidationAccuracy) ? (double?)null : t.ValidationAccuracy, t.Seconds, t.Error,
-            Curve = t.Curve.Select(c => new { c.Epoch, c.ValidationAccuracy, c.Seconds }),
+            Kappa = t.Options.UseDecorrelation ? t.Options.Kappa : (double?)null, t.Options.RandomHorizontalFlip, t.Options.RandomCropPadding,
+            State = t.State.ToString(), t.Rung, t.EpochsRun, Metric = settings.Metric.ToString(), MetricValue = Value(t.Metric),
+            ValidationAccuracy = Value(t.ValidationAccuracy), t.Seconds, t.Error,
+            Curve = t.Curve.Select(c => new { c.Epoch, c.Seconds, ValidationAccuracy = Value(c.ValidationAccuracy), ValidationMacroAccuracy = Value(c.ValidationMacroAccuracy), ValidationLogLoss = Value(c.ValidationLogLoss) }),
         }), new JsonSerializerOptions { WriteIndented = true }));
-        ReportCharts.LineChart(Path.Combine(reportFolder, "validation-vs-time.png"), "Validation accuracy of every trial against its training time",
-            "training seconds of the trial", "validation accuracy (%)", legendAtBottom: true,
-            result.Trials.Select(t => new ChartSeries($"{t.Trial} {(t.Options.UseDecorrelation ? "DBP" : "BP")}", t.Curve.Select(c => c.Seconds).ToArray(),
-                t.Curve.Select(c => 100 * c.ValidationAccuracy).ToArray())).ToArray());
-        double testAccuracy = ml.MulticlassClassification.Evaluate(best.Transform(test)).MicroAccuracy;
-        console.MarkupLineInterpolated($"Best: trial {result.BestTrial.Trial} ({(result.BestTrial.Options.UseDecorrelation ? "DBP" : "backprop")}), validation {result.BestTrial.ValidationAccuracy:P2}, test {testAccuracy:P2}, after {result.Duration.TotalMinutes:F1} min. Report: {Path.GetFullPath(reportFolder)}.");
-        return 0;
+        bool logLoss = settings.Metric == OptimizingMetric.LogLoss;
+        double Plotted(TrialCurvePoint c) => settings.Metric switch
+        {
+            OptimizingMetric.MacroAccuracy => 100 * c.ValidationMacroAccuracy,
+            OptimizingMetric.LogLoss => c.ValidationLogLoss,
+            _ => 100 * c.ValidationAccuracy,
+        };
+        ReportCharts.LineChart(Path.Combine(folder, "validation-vs-time.png"), $"Validation {settings.Metric} of every trial against its training time",
+            "training seconds of the trial", logLoss ? "validation log-loss" : $"validation {settings.Metric} (%)", legendAtBottom: true,
+            result.Trials.Select(t => new ChartSeries($"{t.Trial} {(t.Options.UseDecorrelation ? "DBP" : "BP")}{(t.Rung > 0 ? " (promoted)" : "")}",
+                t.Curve.Select(c => c.Seconds).ToArray(), t.Curve.Select(Plotted).ToArray())).ToArray());
+
+        var bestTrial = result.BestTrial;
+        string testText = test is null ? "" : $", test accuracy {ml.MulticlassClassification.Evaluate(result.BestModel.Transform(test)).MicroAccuracy:P2}";
+        console.MarkupLineInterpolated($"Best: trial {bestTrial.Trial} ({(bestTrial.Options.UseDecorrelation ? "DBP" : "backprop")}), validation {settings.Metric} {MetricText(bestTrial.Metric, settings.Metric)}{testText}. Report: {Path.GetFullPath(folder)}.");
+        console.MarkupLineInterpolated($"Verdict: {Verdict(result.Trials, settings.Metric)}");
+    }
+
+    /// <summary>One line: which method's best completed trial won, and by how much.</summary>
+    internal static string Verdict(IReadOnlyList<TrialRecord> trials, OptimizingMetric metric)
+    {
+        TrialRecord? Best(bool dbp) => trials.Where(t => t.State == TrialState.Completed && t.Options.UseDecorrelation == dbp)
+            .MaxBy(t => metric == OptimizingMetric.LogLoss ? -t.Metric : t.Metric);
+        var (dbp, backprop) = (Best(true), Best(false));
+        if (dbp is null || backprop is null)
+            return $"only {(dbp is null ? "backprop" : "DBP")} trials finished a full run ({trials.Count} trials); no comparison.";
+        bool dbpWins = metric == OptimizingMetric.LogLoss ? dbp.Metric < backprop.Metric : dbp.Metric > backprop.Metric;
+        return $"{(dbpWins ? "DBP" : "backprop")} won: best DBP trial {dbp.Trial} {MetricText(dbp.Metric, metric)} against best backprop trial {backprop.Trial} {MetricText(backprop.Metric, metric)} ({metric}, validation).";
     }
 }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Text.Json;
 using Microsoft.ML.Decorrelation.Samples;
@@ -191,15 +192,49 @@ public class SamplesTests : TempFolderTest
     {
         var (console, output) = CapturedConsole();
         var report = Folder("select");
-        Assert.AreEqual(0, SelectCommand.Run(console, minutes: 5, trials: 3, minEpochs: 1, maxEpochs: 2, limit: 1500, FashionMnist.Folder, report));
+        Assert.AreEqual(0, SelectCommand.Run(console, new SelectSettings { Minutes = 5, Trials = 3, MinEpochs = 1, MaxEpochs = 2, Limit = 1500, DataFolder = FashionMnist.Folder, ReportFolder = report }));
 
         StringAssert.Contains(output.ToString(), "Best: trial");
+        StringAssert.Contains(output.ToString(), "Verdict: ");
         using var leaderboard = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(report, "leaderboard.json")));
         Assert.AreEqual(3, leaderboard.RootElement.GetArrayLength());
         Assert.IsTrue(leaderboard.RootElement.EnumerateArray().Any(t => t.GetProperty("State").GetString() == "Completed"));
         Assert.IsGreaterThan(1000L, new FileInfo(Path.Combine(report, "validation-vs-time.png")).Length);
         var model = new MLContext().Model.Load(Path.Combine(report, "best-model.zip"), out _);
         Assert.IsNotNull(model);
+    }
+
+    [TestMethod]
+    public void SelectWithTwoWorkersSharesTheStudyWithAWorkerProcess()
+    {
+        var (console, output) = CapturedConsole();
+        var report = Folder("select-workers");
+        string[] commandLine = ["select", "--time", "5m", "--trials", "4", "--max-epochs", "2", "--limit", "1500", "--data", FashionMnist.Folder, "--report", report, "--workers", "2"];
+        var settings = new SelectSettings { Minutes = 5, Trials = 4, MaxEpochs = 2, Limit = 1500, DataFolder = FashionMnist.Folder, ReportFolder = report, Workers = 2 };
+        Assert.AreEqual(0, SelectCommand.Run(console, settings, commandLine));
+
+        string workerLog = File.ReadAllText(Path.Combine(report, "workers", "worker-1.log"));
+        var rungResult = new System.Text.RegularExpressions.Regex(@"trial (\d+): .*: (Stopped|Completed) after");
+        var byWorker = rungResult.Matches(workerLog).Select(m => m.Groups[1].Value).ToHashSet();
+        var byLeader = rungResult.Matches(output.ToString()).Select(m => m.Groups[1].Value).ToHashSet();
+        Assert.IsNotEmpty(byWorker, $"the worker process reported rungs:\n{workerLog}");
+        Assert.IsNotEmpty(byLeader, "and so did this process");
+        Assert.IsTrue(File.Exists(Path.Combine(report, "study.sqlite")));
+        using var leaderboard = JsonDocument.Parse(File.ReadAllText(Path.Combine(report, "leaderboard.json")));
+        Assert.AreEqual(4, leaderboard.RootElement.GetArrayLength(), "every trial of the study, whichever process ran it");
+        CollectionAssert.IsSubsetOf(byWorker.ToArray(), leaderboard.RootElement.EnumerateArray().Select(t => t.GetProperty("Trial").GetInt32().ToString(CultureInfo.InvariantCulture)).ToArray());
+        StringAssert.Contains(output.ToString(), "Verdict: ");
+    }
+
+    [TestMethod]
+    public void SelectTimeBudgetsParseWithUnitsAndBadOnesNameTheOption()
+    {
+        Assert.AreEqual(10, SelectCommand.ParseMinutes("10"));
+        Assert.AreEqual(1.5, SelectCommand.ParseMinutes("90s"));
+        Assert.AreEqual(15, SelectCommand.ParseMinutes("15m"));
+        Assert.AreEqual(60, SelectCommand.ParseMinutes("1h"));
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.ParseMinutes("soon")).Message, "--time 'soon'");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.ParseMinutes("-5m")).Message, "--time '-5m'");
     }
 
     [TestMethod]

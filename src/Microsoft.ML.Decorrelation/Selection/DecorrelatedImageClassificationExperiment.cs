@@ -191,18 +191,44 @@ public sealed class DecorrelatedImageClassificationExperiment
                 channel.Info($"Rung {work.Rung} ({work.Epochs} epochs) of {trial}");
                 settings.Progress?.Invoke(trial);
             }
-            var ordered = journal.Trials(settings.BaseOptions).Values.OrderBy(t => t.Trial).ToList();
-            var bestTrial = ordered.Where(t => t.State == TrialState.Completed).MaxBy(t => Score(t.Metric))
-                ?? throw new InvalidOperationException($"No trial finished its full {settings.MaxEpochs} epochs within the budget ({ordered.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
-            var (_, best) = DecorrelatedImageClassificationTransformer.Load(_context, ModelPath(folder, bestTrial.Trial));
-            channel.Info($"Best: {bestTrial} ({ordered.Count} trials; this worker searched {clock.Elapsed.TotalSeconds:F0} s).");
-            return new ExperimentResult(best, bestTrial, ordered, clock.Elapsed);
+            var result = Result(journal, folder, clock.Elapsed);
+            channel.Info($"Best: {result.BestTrial} ({result.Trials.Count} trials; this worker searched {clock.Elapsed.TotalSeconds:F0} s).");
+            return result;
         }
         finally
         {
             if (temporary && Directory.Exists(folder))
                 Directory.Delete(folder, recursive: true);
         }
+    }
+
+    /// <summary>
+    /// The study in <see cref="Settings.JournalPath"/> as it stands, without running anything: every trial, whichever worker
+    /// ran it, and the best model so far. For the process that reports on a study its workers (other processes, a cluster's
+    /// jobs) have run.
+    /// </summary>
+    /// <param name="train">The training rows the study was run with (they identify the study).</param>
+    /// <param name="validation">The validation rows the study was run with.</param>
+    /// <exception cref="InvalidOperationException">There is no journal, it belongs to another study, or no trial has finished its full run.</exception>
+    public ExperimentResult LoadResult(IDataView train, IDataView validation)
+    {
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(validation);
+        if (_settings.JournalPath is not { } path)
+            throw new InvalidOperationException("LoadResult reads a study's journal: set Settings.JournalPath.");
+        if (!File.Exists(path))
+            throw new InvalidOperationException($"The study journal '{path}' does not exist: no worker has run this study yet.");
+        using var journal = StudyJournal.Open(path, Describe(train, validation));
+        return Result(journal, _settings.WorkFolder ?? path + ".work", TimeSpan.Zero);
+    }
+
+    private ExperimentResult Result(StudyJournal journal, string folder, TimeSpan duration)
+    {
+        var ordered = journal.Trials(_settings.BaseOptions).Values.OrderBy(t => t.Trial).ToList();
+        var bestTrial = ordered.Where(t => t.State == TrialState.Completed).MaxBy(t => Score(t.Metric))
+            ?? throw new InvalidOperationException($"No trial finished its full {_settings.MaxEpochs} epochs within the budget ({ordered.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
+        var (_, best) = DecorrelatedImageClassificationTransformer.Load(_context, ModelPath(folder, bestTrial.Trial));
+        return new ExperimentResult(best, bestTrial, ordered, duration);
     }
 
     private static long Now() => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
