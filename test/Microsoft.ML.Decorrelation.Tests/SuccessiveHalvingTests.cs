@@ -69,6 +69,17 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
+    public void ASearchTooSmallForATopThirdStillGivesItsBestTrialAFullRun()
+    {
+        // Two trials and η 3: no rung ever has a top third, yet once both have run the better one is taken to the top rung.
+        var done = RunSequentially(new AsynchronousSuccessiveHalving(2, 1, 9), (trial, epochs) => trial == 1 ? 0.8 : 0.6);
+        CollectionAssert.AreEqual(new[] { new TrialWork(0, 0, 1), new TrialWork(1, 0, 1), new TrialWork(1, 1, 3), new TrialWork(1, 2, 9) }, done);
+        // A trial whose metric is NaN is never taken there.
+        var nan = RunSequentially(new AsynchronousSuccessiveHalving(1, 1, 3), (_, _) => double.NaN);
+        CollectionAssert.AreEqual(new[] { new TrialWork(0, 0, 1) }, nan);
+    }
+
+    [TestMethod]
     public void FailedTrialsAreRecordedAndNeverPromoted()
     {
         var search = new AsynchronousSuccessiveHalving(6, 1, 3);

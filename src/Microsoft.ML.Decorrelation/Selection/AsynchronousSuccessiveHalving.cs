@@ -124,9 +124,25 @@ public sealed class AsynchronousSuccessiveHalving
             throw new InvalidOperationException($"Trial {work.Trial} is not running; it cannot report rung {work.Rung}.");
     }
 
-    /// <summary>The highest rung's best trial that stands in its rung's top 1/η and was not promoted yet, or null.</summary>
+    /// <summary>
+    /// The highest rung's best trial that stands in its rung's top 1/η and was not promoted yet; else, once every trial has
+    /// started and none runs, the best trial of the highest rung whose next rung is empty (so that a small or failure-ridden
+    /// search still ends with a full run); else null.
+    /// </summary>
     private (int Trial, int Rung)? FindPromotion()
     {
+        if (_started == _maxTrials && _running.Count == 0)
+        {
+            for (int rung = Rungs.Count - 2; rung >= 0; rung--)
+            {
+                if (_promoted[rung].Count > 0)
+                    break;
+                var best = _completed[rung].Where(r => !_failed.Contains(r.Key) && double.IsFinite(r.Value))
+                    .OrderByDescending(r => r.Value).ThenBy(r => r.Key).Select(r => (int?)r.Key).FirstOrDefault();
+                if (best is int trial)
+                    return (trial, rung);
+            }
+        }
         for (int rung = Rungs.Count - 2; rung >= 0; rung--)
         {
             var results = _completed[rung];

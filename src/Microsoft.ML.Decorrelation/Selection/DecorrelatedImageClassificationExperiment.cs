@@ -147,6 +147,7 @@ public sealed class DecorrelatedImageClassificationExperiment
             channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.MaxEpochs} epochs (η {settings.ReductionFactor}) by {settings.OptimizingMetric}" +
                          (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (settings.JournalPath is null ? "." : $", journal '{settings.JournalPath}'."));
             var seen = new Dictionary<int, string>();
+            int rungsRun = 0;
             var clock = Stopwatch.StartNew();
             while (settings.TimeBudget is not { } budget || clock.Elapsed < budget)
             {
@@ -188,10 +189,11 @@ public sealed class DecorrelatedImageClassificationExperiment
                 if (!journal.Record(trial, work, trial.State == TrialState.Failed, worker))
                     channel.Warning($"Worker {worker} lost its claim on trial {work.Trial} before reporting rung {work.Rung}; another worker's report counts.");
                 seen[trial.Trial] = trial.Summary();
+                rungsRun++;
                 channel.Info($"Rung {work.Rung} ({work.Epochs} epochs) of {trial}");
                 settings.Progress?.Invoke(trial);
             }
-            var result = Result(journal, folder, clock.Elapsed);
+            var result = Result(journal, folder, clock.Elapsed) with { RungsRun = rungsRun, JournalTime = journal.Elapsed };
             channel.Info($"Best: {result.BestTrial} ({result.Trials.Count} trials; this worker searched {clock.Elapsed.TotalSeconds:F0} s).");
             return result;
         }
@@ -304,7 +306,8 @@ public sealed class DecorrelatedImageClassificationExperiment
         options.MetricsCallback = m =>
         {
             trial.Curve.RemoveAll(c => c.Epoch >= m.Epoch);   // epochs a dead worker ran past its last checkpoint are run again
-            trial.Curve.Add(new TrialCurvePoint(m.Epoch, m.Seconds, m.ValidationAccuracy ?? double.NaN, m.ValidationMacroAccuracy ?? double.NaN, m.ValidationLoss ?? double.NaN));
+            trial.Curve.Add(new TrialCurvePoint(m.Epoch, m.Seconds, m.ValidationAccuracy ?? double.NaN, m.ValidationMacroAccuracy ?? double.NaN, m.ValidationLoss ?? double.NaN,
+                DateTimeOffset.UtcNow));
             trial.EpochsRun = (int)Math.Round(m.Epoch);
             trial.ValidationAccuracy = m.ValidationAccuracy ?? double.NaN;
             trial.Metric = _settings.OptimizingMetric switch
@@ -391,7 +394,9 @@ public enum OptimizingMetric
 /// <param name="ValidationAccuracy">Micro-accuracy on the validation set.</param>
 /// <param name="ValidationMacroAccuracy">Macro-accuracy on the validation set.</param>
 /// <param name="ValidationLogLoss">Log-loss on the validation set.</param>
-public readonly record struct TrialCurvePoint(double Epoch, double Seconds, double ValidationAccuracy, double ValidationMacroAccuracy, double ValidationLogLoss);
+/// <param name="RecordedAt">When the point was measured (wall clock, UTC): places it on the study's time line, across trials and workers.</param>
+public readonly record struct TrialCurvePoint(double Epoch, double Seconds, double ValidationAccuracy, double ValidationMacroAccuracy, double ValidationLogLoss,
+    DateTimeOffset RecordedAt);
 
 /// <summary>Where a trial stands.</summary>
 public enum TrialState
@@ -467,4 +472,11 @@ public sealed class TrialRecord
 /// <param name="BestTrial">That trial.</param>
 /// <param name="Trials">Every trial of the study, in start order, whichever worker ran it (the leaderboard: sort by <see cref="TrialRecord.Metric"/>).</param>
 /// <param name="Duration">The wall-clock time this worker searched.</param>
-public sealed record ExperimentResult(DecorrelatedImageClassificationTransformer BestModel, TrialRecord BestTrial, IReadOnlyList<TrialRecord> Trials, TimeSpan Duration);
+public sealed record ExperimentResult(DecorrelatedImageClassificationTransformer BestModel, TrialRecord BestTrial, IReadOnlyList<TrialRecord> Trials, TimeSpan Duration)
+{
+    /// <summary>The rung results this worker reported.</summary>
+    public int RungsRun { get; init; }
+
+    /// <summary>The time this worker spent in the study journal (claims, renewals, saves, reports): the search's bookkeeping cost.</summary>
+    public TimeSpan JournalTime { get; init; }
+}

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Data.Common;
 using System.Text.Json;
 using Microsoft.Data.Sqlite;
@@ -39,6 +40,9 @@ internal sealed class StudyJournal : IDisposable
     /// <param name="Requeued">Whether the work was handed out before to a worker whose lease ran out.</param>
     /// <param name="Finished">Whether the study has nothing left to do (no work now and none will come).</param>
     public readonly record struct Decision(TrialWork? Work, bool Requeued, bool Finished);
+
+    // A curve point's metric is NaN where it was not measured (journals of version 1 have no macro-accuracy).
+    private static readonly JsonSerializerOptions CurveJson = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     private StudyJournal(SqliteConnection connection, string path)
     {
@@ -126,11 +130,7 @@ internal sealed class StudyJournal : IDisposable
     }
 
     /// <summary>Every rung result, in the order it was reported.</summary>
-    public List<Report> Reports()
-    {
-        lock (_gate)
-            return ReadReports();
-    }
+    public List<Report> Reports() => Locked(ReadReports);
 
     private List<Report> ReadReports()
     {
@@ -167,7 +167,7 @@ internal sealed class StudyJournal : IDisposable
     public Decision ClaimWork(string worker, long now, TimeSpan lease, AsynchronousSuccessiveHalving search, Func<double, double> score, Func<int, TrialRecord> newTrial,
         Func<string, bool> isDead)
     {
-        lock (_gate)
+        return Locked(() =>
         {
             using var transaction = _connection.BeginTransaction();
             var claims = ReadClaims();
@@ -221,15 +221,14 @@ internal sealed class StudyJournal : IDisposable
             }
             transaction.Commit();
             return new Decision(next, Requeued: false, Finished: false);
-        }
+        });
     }
 
     /// <summary>Extends <paramref name="worker"/>'s claim on <paramref name="trial"/> to <paramref name="expiresAt"/>; false when the claim is no longer its own.</summary>
     public bool Renew(string worker, int trial, long expiresAt)
     {
-        lock (_gate)
-            return Execute("UPDATE claims SET expires_at = $expires WHERE trial = $trial AND worker = $worker",
-                ("$expires", expiresAt), ("$trial", trial), ("$worker", worker)) == 1;
+        return Locked(() => Execute("UPDATE claims SET expires_at = $expires WHERE trial = $trial AND worker = $worker",
+                ("$expires", expiresAt), ("$trial", trial), ("$worker", worker)) == 1);
     }
 
     /// <summary>
@@ -237,15 +236,12 @@ internal sealed class StudyJournal : IDisposable
     /// takes it over at once, and the give-up does not count as one of its <see cref="MaxAttempts"/>.
     /// </summary>
     public void Release(string worker, int trial)
-    {
-        lock (_gate)
-            Execute("UPDATE claims SET expires_at = 0, attempts = attempts - 1 WHERE trial = $trial AND worker = $worker", ("$trial", trial), ("$worker", worker));
-    }
+        => Locked(() => Execute("UPDATE claims SET expires_at = 0, attempts = attempts - 1 WHERE trial = $trial AND worker = $worker", ("$trial", trial), ("$worker", worker)));
 
     /// <summary>Records a trial's state (inserted or replaced).</summary>
     public void Save(TrialRecord trial)
     {
-        lock (_gate)
+        Locked(() =>
         {
             Execute("""
                 INSERT INTO trials (id, configuration, state, rung, epochs, accuracy, metric, seconds, error, curve)
@@ -257,14 +253,14 @@ internal sealed class StudyJournal : IDisposable
                 ("$id", trial.Trial), ("$configuration", JsonSerializer.Serialize(trial.Configuration)), ("$state", trial.State.ToString()),
                 ("$rung", trial.Rung), ("$epochs", trial.EpochsRun), ("$accuracy", Nullable(trial.ValidationAccuracy)), ("$metric", Nullable(trial.Metric)),
                 ("$seconds", trial.Seconds), ("$error", (object?)trial.Error ?? DBNull.Value),
-                ("$curve", JsonSerializer.Serialize(trial.Curve.Select(c => new[] { c.Epoch, c.ValidationAccuracy, c.Seconds, c.ValidationMacroAccuracy, c.ValidationLogLoss }))));
-        }
+                ("$curve", JsonSerializer.Serialize(trial.Curve.Select(c => new[] { c.Epoch, c.ValidationAccuracy, c.Seconds, c.ValidationMacroAccuracy, c.ValidationLogLoss, c.RecordedAt.ToUnixTimeMilliseconds() }), CurveJson)));
+        });
     }
 
     /// <summary>The saved trials, by number.</summary>
     public Dictionary<int, TrialRecord> Trials(DecorrelatedImageClassificationTrainer.Options template)
     {
-        lock (_gate)
+        return Locked(() =>
         {
             using var command = Command("SELECT id, configuration, state, rung, epochs, accuracy, metric, seconds, error, curve FROM trials ORDER BY id");
             using var reader = command.ExecuteReader();
@@ -282,13 +278,16 @@ internal sealed class StudyJournal : IDisposable
                     Seconds = reader.GetDouble(7),
                     Error = reader.IsDBNull(8) ? null : reader.GetString(8),
                 };
-                // Version 1 stored (epoch, accuracy, seconds); version 2 adds macro-accuracy and log-loss.
-                foreach (var point in JsonSerializer.Deserialize<double[][]>(reader.GetString(9)) ?? [])
-                    trial.Curve.Add(new TrialCurvePoint(point[0], point[2], point[1], point.Length > 3 ? point[3] : double.NaN, point.Length > 4 ? point[4] : double.NaN));
+                // Version 1 stored (epoch, accuracy, seconds); version 2 adds macro-accuracy, log-loss and the time of measurement.
+                foreach (var point in JsonSerializer.Deserialize<double[][]>(reader.GetString(9), CurveJson) ?? [])
+                {
+                    trial.Curve.Add(new TrialCurvePoint(point[0], point[2], point[1], point.Length > 3 ? point[3] : double.NaN, point.Length > 4 ? point[4] : double.NaN,
+                        point.Length > 5 ? DateTimeOffset.FromUnixTimeMilliseconds((long)point[5]) : default));
+                }
                 trials[trial.Trial] = trial;
             }
             return trials;
-        }
+        });
     }
 
     /// <summary>
@@ -297,7 +296,7 @@ internal sealed class StudyJournal : IDisposable
     /// </summary>
     public bool Record(TrialRecord trial, TrialWork work, bool failed, string worker)
     {
-        lock (_gate)
+        return Locked(() =>
         {
             using var transaction = _connection.BeginTransaction();
             if (Execute("DELETE FROM claims WHERE trial = $trial AND rung = $rung AND worker = $worker", ("$trial", work.Trial), ("$rung", work.Rung), ("$worker", worker)) != 1)
@@ -308,8 +307,33 @@ internal sealed class StudyJournal : IDisposable
                 ("$failed", failed ? 1 : 0));
             transaction.Commit();
             return true;
+        });
+    }
+
+    /// <summary>Time this process spent in the journal (waiting for its lock included): the study's bookkeeping cost.</summary>
+    public TimeSpan Elapsed { get; private set; }
+
+    private int _depth;
+
+    private T Locked<T>(Func<T> body)
+    {
+        lock (_gate)
+        {
+            long start = Stopwatch.GetTimestamp();
+            _depth++;
+            try
+            {
+                return body();
+            }
+            finally
+            {
+                if (--_depth == 0)   // an operation that calls another is timed once
+                    Elapsed += Stopwatch.GetElapsedTime(start);
+            }
         }
     }
+
+    private void Locked(Action body) => Locked(() => { body(); return 0; });
 
     private static object Nullable(double value) => double.IsNaN(value) ? DBNull.Value : value;
 
