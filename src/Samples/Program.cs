@@ -59,6 +59,7 @@ root.Subcommands.Add(PipelineExample.Create());
 root.Subcommands.Add(OneDnnCost.Create());
 root.Subcommands.Add(CacheBench.Create());
 root.Subcommands.Add(SelectCommand.Create());
+root.Subcommands.Add(SelectBench.Create());
 root.Subcommands.Add(TransferBench.Create());
 foreach (var command in NativeScan.Create())
     root.Subcommands.Add(command);

@@ -21,13 +21,21 @@ internal sealed record SelectSettings
     public string ReportFolder { get; init; } = "select-report";
     public int Workers { get; init; } = 1;
     public bool IsWorker { get; init; }
+    public bool SummarizeOnly { get; init; }
     public string? Journal { get; init; }
+    public string? Storage { get; init; }
+    public string Study { get; init; } = "default";
+    public string? WorkFolder { get; init; }
+    public double LeaseMinutes { get; init; } = 2;
     public OptimizingMetric Metric { get; init; } = OptimizingMetric.MicroAccuracy;
     public int Seed { get; init; }
     public bool[] Methods { get; init; } = [true, false];
 
-    /// <summary>The journal every worker shares: --journal, or study.sqlite in the report folder with several workers; null for a private one.</summary>
-    public string? JournalPath => Journal ?? (Workers > 1 || IsWorker ? Path.Combine(ReportFolder, "study.sqlite") : null);
+    /// <summary>The study's storage every worker shares: --storage, --journal, or study.sqlite in the report folder with several workers; null for a private one.</summary>
+    public string? StudyStorage => Storage ?? Journal ?? (Workers > 1 || IsWorker ? Path.Combine(ReportFolder, "study.sqlite") : null);
+
+    /// <summary>The folder of checkpoints and models: --work, else REPORT/work when the study is shared.</summary>
+    public string? StudyWorkFolder => WorkFolder ?? (StudyStorage is null ? null : Path.Combine(ReportFolder, "work"));
 }
 
 /// <summary>
@@ -50,30 +58,54 @@ internal static class SelectCommand
         var size = new Option<int>("--size") { Description = "With --images: the side the images are resized to.", DefaultValueFactory = _ => 32 };
         var report = new Option<string>("--report") { Description = "Folder for the leaderboard, chart and best model.", DefaultValueFactory = _ => "select-report" };
         var workers = new Option<int>("--workers") { Description = "Worker processes on this machine sharing the study (this one included).", DefaultValueFactory = _ => 1 };
+        var summarize = new Option<bool>("--summarize") { Description = "Run nothing: write the report of the study in --storage/--journal as its workers left it (a cluster's jobs, say)." };
         var worker = new Option<bool>("--worker") { Description = "Run as one more worker of the study in --journal (no report); started by --workers, or by a scheduler." };
         var journal = new Option<string?>("--journal") { Description = "The study's SQLite journal; a killed search resumes from it. Default with several workers: REPORT/study.sqlite." };
+        var storage = new Option<string?>("--storage") { Description = "Instead of --journal: sqlite:FILE or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE, for workers on many machines." };
+        var study = new Option<string>("--study") { Description = "The study's name in --storage (a PostgreSQL database holds many).", DefaultValueFactory = _ => "default" };
+        var lease = new Option<string>("--lease") { Description = "How long a dead worker's trial waits before another worker takes it over (30s, 2m).", DefaultValueFactory = _ => "2m" };
+        var kubernetes = new Option<string?>("--kubernetes") { Description = "Run nothing: write a Kubernetes Indexed Job of --workers worker pods for this study to this YAML file." };
+        var image = new Option<string?>("--image") { Description = "With --kubernetes: the container image holding the samples at /app/Samples.dll." };
+        var work = new Option<string?>("--work") { Description = "Folder for checkpoints and trial models, seen by every worker (default REPORT/work)." };
         var metric = new Option<OptimizingMetric>("--metric") { Description = "The validation metric to optimize.", DefaultValueFactory = _ => OptimizingMetric.MicroAccuracy };
         var seed = new Option<int>("--seed") { Description = "Seed of the search and its trials.", DefaultValueFactory = _ => 0 };
         var methods = new Option<string>("--methods") { Description = "Training methods in the search space: both, dbp or backprop.", DefaultValueFactory = _ => "both" };
         var command = new System.CommandLine.Command("select", "Search DBP and backprop configurations by successive halving within a time budget.")
         {
-            minutes, trials, maxEpochs, minEpochs, limit, data, images, size, report, workers, worker, journal, metric, seed, methods,
+            minutes, trials, maxEpochs, minEpochs, limit, data, images, size, report, workers, worker, summarize, journal, storage, study, work, lease, kubernetes, image, metric, seed, methods,
         };
-        command.SetAction(result => Run(AnsiConsole.Console, new SelectSettings
+        command.SetAction(result => result.GetValue(kubernetes) is { } manifest
+            ? WriteKubernetesJob(AnsiConsole.Console, manifest, result.GetValue(image)!, result.GetValue(workers), result.GetValue(study)!, Environment.GetCommandLineArgs().Skip(1).ToArray())
+            : Run(AnsiConsole.Console, new SelectSettings
         {
             Minutes = ParseMinutes(result.GetValue(minutes)!), Trials = result.GetValue(trials), MinEpochs = result.GetValue(minEpochs), MaxEpochs = result.GetValue(maxEpochs),
             Limit = result.GetValue(limit), DataFolder = result.GetValue(data), Images = result.GetValue(images), Size = result.GetValue(size),
-            ReportFolder = result.GetValue(report)!, Workers = result.GetValue(workers), IsWorker = result.GetValue(worker), Journal = result.GetValue(journal),
+            ReportFolder = result.GetValue(report)!, Workers = result.GetValue(workers), IsWorker = result.GetValue(worker), SummarizeOnly = result.GetValue(summarize), Journal = result.GetValue(journal),
+            Storage = result.GetValue(storage), Study = result.GetValue(study)!, WorkFolder = result.GetValue(work),
+            LeaseMinutes = ParseMinutes(result.GetValue(lease)!),
             Metric = result.GetValue(metric), Seed = result.GetValue(seed), Methods = ParseMethods(result.GetValue(methods)!),
         }, Environment.GetCommandLineArgs().Skip(1).ToArray()));
         return command;
+    }
+
+    /// <summary>
+    /// Writes the Kubernetes Indexed Job of <paramref name="workers"/> worker pods (<see cref="KubernetesManifest"/>): each runs this
+    /// command line as a worker, its scheduling options replaced; the storage string comes from the Secret dbp-study-storage.
+    /// </summary>
+    internal static int WriteKubernetesJob(IAnsiConsole console, string path, string image, int workers, string study, string[] commandLine)
+    {
+        string[] replaced = ["--kubernetes", "--image", "--workers", "--journal", "--storage", "--study", "--work", "--report"];
+        var arguments = commandLine.Where((a, i) => !replaced.Contains(a) && (i == 0 || !replaced.Contains(commandLine[i - 1]))).ToList();
+        File.WriteAllText(path, KubernetesManifest.Yaml(new KubernetesManifest.Job(study, image, workers, "dbp-study-storage", "dbp-shared", arguments)));
+        console.MarkupLineInterpolated($"Wrote the Kubernetes job of {workers} workers to {Path.GetFullPath(path)}: create the Secret dbp-study-storage (key storage: the postgresql:// string) and the ReadWriteMany claim dbp-shared, then kubectl apply -f it.");
+        return 0;
     }
 
     /// <summary>"10" or "10m" (minutes), "90s", "1.5h".</summary>
     internal static double ParseMinutes(string text)
     {
         static double Number(string digits, string whole) => double.TryParse(digits, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) && value > 0
-            ? value : throw new ArgumentException($"--time '{whole}' is not a positive duration such as 90s, 10m or 1h.");
+            ? value : throw new ArgumentException($"--time or --lease '{whole}' is not a positive duration such as 90s, 10m or 1h.");
         return text.Trim() switch
         {
             var t when t.EndsWith('s') => Number(t[..^1], text) / 60,
@@ -98,19 +130,30 @@ internal static class SelectCommand
             throw new ArgumentException($"--workers {settings.Workers}: at least one worker is needed.");
         var ml = new MLContext(seed: settings.Seed);
         var (train, validation, test, description) = LoadData(ml, settings);
-        if (!settings.IsWorker)
+        if (settings.IsWorker)
+            console.MarkupLineInterpolated($"Worker {Environment.MachineName}/{Environment.ProcessId}{SchedulerTask()} of study '{settings.Study}'; data: {description}.");
+        else
             console.MarkupLineInterpolated($"Data: {description}; budget {settings.Minutes:0.##} min, {settings.Trials} trials, rungs from {settings.MinEpochs} to {settings.MaxEpochs} epochs, {settings.Workers} worker(s), optimizing {settings.Metric}.");
         Directory.CreateDirectory(settings.ReportFolder);
-        var others = settings.IsWorker ? [] : StartWorkers(settings, commandLine ?? []);
-
-        var trials = new SortedDictionary<int, TrialRecord>();
         var experimentSettings = new DecorrelatedImageClassificationExperiment.Settings
         {
             MaxTrials = settings.Trials, MinEpochs = settings.MinEpochs, MaxEpochs = settings.MaxEpochs, TimeBudget = TimeSpan.FromMinutes(settings.Minutes),
-            OptimizingMetric = settings.Metric, Seed = settings.Seed, JournalPath = settings.JournalPath,
-            WorkFolder = settings.JournalPath is null ? null : Path.Combine(settings.ReportFolder, "work"),
+            OptimizingMetric = settings.Metric, Seed = settings.Seed, Storage = settings.StudyStorage, StudyName = settings.Study,
+            WorkFolder = settings.StudyWorkFolder, Lease = TimeSpan.FromMinutes(settings.LeaseMinutes),
             SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = settings.Methods },
         };
+        if (settings.SummarizeOnly)
+        {
+            if (settings.StudyStorage is null)
+                throw new ArgumentException("--summarize reads a study: give --storage or --journal.");
+            var study = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).LoadResult(train, validation);
+            using (study.BestModel)
+                WriteReport(console, ml, settings, study, train, test);
+            return 0;
+        }
+        var others = settings.IsWorker ? [] : StartWorkers(settings, commandLine ?? []);
+
+        var trials = new SortedDictionary<int, TrialRecord>();
         ExperimentResult result;
         if (console.Profile.Capabilities.Interactive && !settings.IsWorker)
         {
@@ -139,6 +182,7 @@ internal static class SelectCommand
             };
             result = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
         }
+        console.MarkupLineInterpolated($"This worker: {result.RungsRun} rung results in {result.Duration.TotalSeconds:F0} s; journal {result.JournalTime.TotalMilliseconds / Math.Max(1, result.RungsRun):F1} ms per rung result.");
         foreach (var (process, log) in others)
         {
             process.WaitForExit();
@@ -159,6 +203,17 @@ internal static class SelectCommand
                 WriteReport(console, ml, settings, result, train, test);
         }
         return 0;
+    }
+
+    /// <summary>Which task of a scheduler's job this process is (Slurm array task, Kubernetes indexed job), for the log.</summary>
+    private static string SchedulerTask()
+    {
+        var variables = Environment.GetEnvironmentVariables();
+        if (variables["SLURM_ARRAY_TASK_ID"] is string task)
+            return $", Slurm array task {task} of job {variables["SLURM_ARRAY_JOB_ID"]}";
+        if (variables["JOB_COMPLETION_INDEX"] is string index)
+            return $", Kubernetes job index {index}";
+        return "";
     }
 
     /// <summary>Training and validation rows (10 % held out), an optional test set, and a description of the data.</summary>
@@ -191,8 +246,9 @@ internal static class SelectCommand
         if (settings.Workers == 1)
             return started;
         string logs = Directory.CreateDirectory(Path.Combine(settings.ReportFolder, "workers")).FullName;
-        var arguments = commandLine.Where((a, i) => a != "--workers" && (i == 0 || commandLine[i - 1] != "--workers")).ToList();
-        arguments.AddRange(["--worker", "--journal", settings.JournalPath!]);
+        string[] replaced = ["--workers", "--journal", "--storage", "--work"];
+        var arguments = commandLine.Where((a, i) => !replaced.Contains(a) && (i == 0 || !replaced.Contains(commandLine[i - 1]))).ToList();
+        arguments.AddRange(["--worker", "--storage", settings.StudyStorage!, "--work", settings.StudyWorkFolder!]);
         if (!arguments.Contains("--report"))
             arguments.AddRange(["--report", settings.ReportFolder]);
         for (int i = 1; i < settings.Workers; i++)

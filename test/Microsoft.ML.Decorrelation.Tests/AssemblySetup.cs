@@ -20,7 +20,11 @@ public static class AssemblySetup
     [AssemblyInitialize]
     public static void GuardNativeKernels(TestContext _) => _kernels = NativeKernelGuard.Enter(OneDnnMode.Auto);
 
-    /// <summary>Ends the guard of <see cref="GuardNativeKernels"/>.</summary>
+    /// <summary>Ends the guard of <see cref="GuardNativeKernels"/> and stops the PostgreSQL server the run started, if any.</summary>
     [AssemblyCleanup]
-    public static void EndGuard() => _kernels?.Dispose();
+    public static void EndRun()
+    {
+        _kernels?.Dispose();
+        PostgresServer.Stop();
+    }
 }

@@ -12,7 +12,7 @@ namespace Microsoft.ML.Decorrelation.Tests;
 [TestClass]
 public class BuildTests
 {
-    private static string RepositoryRoot()
+    internal static string RepositoryRoot()
     {
         for (var folder = new DirectoryInfo(AppContext.BaseDirectory); folder is not null; folder = folder.Parent)
         {

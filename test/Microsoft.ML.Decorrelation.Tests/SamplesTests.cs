@@ -227,14 +227,41 @@ public class SamplesTests : TempFolderTest
     }
 
     [TestMethod]
+    public void KubernetesJobOfWorkersIsAValidIndexedJobSharingTheStudy()
+    {
+        var (console, output) = CapturedConsole();
+        string path = Path.Combine(Folder("kubernetes"), "job.yaml");
+        Assert.AreEqual(0, SelectCommand.WriteKubernetesJob(console, path, "registry.example/dbp-samples:1", 4, "fashion_1",
+            ["select", "--trials", "27", "--workers", "4", "--storage", "postgresql://u:secret@db/dbp", "--time", "1h"]));
+        string yaml = File.ReadAllText(path);
+        Assert.DoesNotContain("secret@", yaml, "the password stays in the Secret");
+
+        // Strict: a field that Kubernetes' API schema (the models are generated from it) does not have is an error.
+        var job = k8s.KubernetesYaml.Deserialize<k8s.Models.V1Job>(yaml, strict: true);
+        Assert.AreEqual(("batch/v1", "Job", "dbp-select-fashion-1"), (job.ApiVersion, job.Kind, job.Metadata.Name));
+        Assert.AreEqual(("Indexed", 4, 4), (job.Spec.CompletionMode, job.Spec.Completions, job.Spec.Parallelism));
+        var container = job.Spec.Template.Spec.Containers.Single();
+        CollectionAssert.AreEqual(new[] { "select", "--trials", "27", "--time", "1h", "--worker", "--storage", "$(DBP_STORAGE)", "--study", "fashion_1", "--work", "/shared/work", "--report", "/shared/report" },
+            container.Args.ToArray());
+        Assert.AreEqual("dbp-study-storage", container.Env.Single().ValueFrom.SecretKeyRef.Name);
+        Assert.AreEqual("dbp-shared", job.Spec.Template.Spec.Volumes.Single().PersistentVolumeClaim.ClaimName);
+        Assert.AreEqual("/shared", container.VolumeMounts.Single().MountPath);
+        Assert.ThrowsExactly<YamlDotNet.Core.YamlException>(() => k8s.KubernetesYaml.Deserialize<k8s.Models.V1Job>(yaml.Replace("completionMode:", "completionMod:"), strict: true));
+
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.WriteKubernetesJob(console, path, "", 2, "s", ["select"])).Message, "--image");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.WriteKubernetesJob(console, path, "i", 0, "s", ["select"])).Message, "--workers 0");
+        StringAssert.Contains(output.ToString(), "kubectl apply");
+    }
+
+    [TestMethod]
     public void SelectTimeBudgetsParseWithUnitsAndBadOnesNameTheOption()
     {
         Assert.AreEqual(10, SelectCommand.ParseMinutes("10"));
         Assert.AreEqual(1.5, SelectCommand.ParseMinutes("90s"));
         Assert.AreEqual(15, SelectCommand.ParseMinutes("15m"));
         Assert.AreEqual(60, SelectCommand.ParseMinutes("1h"));
-        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.ParseMinutes("soon")).Message, "--time 'soon'");
-        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.ParseMinutes("-5m")).Message, "--time '-5m'");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.ParseMinutes("soon")).Message, "'soon' is not a positive duration");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.ParseMinutes("-5m")).Message, "'-5m' is not a positive duration");
     }
 
     [TestMethod]

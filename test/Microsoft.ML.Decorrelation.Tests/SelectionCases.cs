@@ -21,18 +21,28 @@ internal static class SelectionCases
     }
 
     /// <summary>The study every worker of the tests runs: 6 trials, rungs of 1 and 2 epochs.</summary>
-    public static DecorrelatedImageClassificationExperiment.Settings Study(string journal, Action<TrialRecord>? progress = null) => new()
+    /// <param name="journal">The study's storage: an SQLite file or the PostgreSQL server's storage string.</param>
+    /// <param name="progress">Receives the trials' progress.</param>
+    /// <param name="workFolder">The shared folder of checkpoints and models (needed with PostgreSQL).</param>
+    /// <param name="study">The study's name in PostgreSQL.</param>
+    public static DecorrelatedImageClassificationExperiment.Settings Study(string journal, Action<TrialRecord>? progress = null, string? workFolder = null, string study = "default") => new()
     {
-        MaxTrials = 6, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 3, Seed = 11, JournalPath = journal,
+        WorkFolder = workFolder, StudyName = study,
+        MaxTrials = 6, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 3, Seed = 11, Storage = journal,
         SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] }, Progress = progress, PollInterval = TimeSpan.FromMilliseconds(200),
         Lease = TimeSpan.FromMinutes(10),
     };
 
-    /// <summary>selection-worker JOURNAL OUTPUT [die]: with <c>die</c>, the process ends abruptly after the first epoch it trains.</summary>
+    /// <summary>
+    /// selection-worker STORAGE OUTPUT [die|live] [WORK STUDY]: with <c>die</c>, the process ends abruptly after the first epoch it
+    /// trains; WORK and STUDY are the shared folder and the study's name (for PostgreSQL).
+    /// </summary>
     public static int Run(string[] args)
     {
         string journal = args[0], output = args[1];
         bool die = args.Length > 2 && args[2] == "die";
+        string? workFolder = args.Length > 4 ? args[3] : null;
+        string study = args.Length > 4 ? args[4] : "default";
         var (ml, train, validation) = Data();
         var done = new List<string>();
         ml.Log += (_, e) =>
@@ -44,7 +54,7 @@ internal static class SelectionCases
         {
             if (die && trial.State == TrialState.Running && trial.Curve.Count > 0)
                 Environment.FailFast("selection-worker: dying mid-trial as asked");
-        });
+        }, workFolder, study);
         var result = new DecorrelatedImageClassificationExperiment(ml, settings).Execute(train, validation);
         result.BestModel.Dispose();
         File.WriteAllLines(output, [.. done, $"best {result.BestTrial.Trial} {result.BestTrial.ValidationAccuracy.ToString("R", CultureInfo.InvariantCulture)}"]);

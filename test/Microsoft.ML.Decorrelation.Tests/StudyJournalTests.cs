@@ -20,10 +20,16 @@ public class StudyJournalTests : TempFolderTest
     private static StudyJournal.Decision Claim(StudyJournal journal, string worker, long now, int trials = 3, Func<string, bool>? isDead = null)
         => journal.ClaimWork(worker, now, Lease, new AsynchronousSuccessiveHalving(trials, 1, 3), m => m, NewTrial, isDead ?? (_ => false));
 
+    /// <summary>A new study in an SQLite file or on the PostgreSQL server of the tests.</summary>
+    private StudyStorage NewStudy(string database)
+        => database == "sqlite" ? StudyStorage.Parse(Path.Combine(TempFolder, $"study-{Guid.NewGuid():N}.sqlite")) : PostgresServer.NewStudy();
+
     [TestMethod]
-    public void WorkIsHandedOutOnceAndAbandonedClaimsAreRequeuedUntilTheTrialIsFailed()
+    [DataRow("sqlite")]
+    [DataRow("postgresql")]
+    public void WorkIsHandedOutOnceAndAbandonedClaimsAreRequeuedUntilTheTrialIsFailed(string database)
     {
-        using var journal = StudyJournal.Open(Path.Combine(TempFolder, "study.sqlite"), Study);
+        using var journal = StudyJournal.Open(NewStudy(database), Study);
         Assert.AreEqual(new TrialWork(0, 0, 1), Claim(journal, "a", now: 0).Work);
         Assert.AreEqual(new TrialWork(1, 0, 1), Claim(journal, "b", now: 1000).Work, "a's claim is live: b gets the next trial");
         Assert.IsTrue(journal.Renew("a", 0, 30_000), "a renews its own claim");
@@ -66,9 +72,11 @@ public class StudyJournalTests : TempFolderTest
     }
 
     [TestMethod]
-    public void ReleasedClaimIsTakenOverAtOnceWithoutCountingAnAttempt()
+    [DataRow("sqlite")]
+    [DataRow("postgresql")]
+    public void ReleasedClaimIsTakenOverAtOnceWithoutCountingAnAttempt(string database)
     {
-        using var journal = StudyJournal.Open(Path.Combine(TempFolder, "study.sqlite"), Study);
+        using var journal = StudyJournal.Open(NewStudy(database), Study);
         for (int i = 0; i < StudyJournal.MaxAttempts + 1; i++)
         {
             var decision = Claim(journal, $"w{i}", now: i);
@@ -100,7 +108,7 @@ public class StudyJournalTests : TempFolderTest
                 """;
             command.ExecuteNonQuery();
         }
-        using (var journal = StudyJournal.Open(path, Study))
+        using (var journal = StudyJournal.Open(StudyStorage.Parse(path), Study))
         {
             CollectionAssert.AreEqual(new[] { new StudyJournal.Report(0, 0, 0.75, false) }, journal.Reports(), "the accuracy became the metric");
             var trial = journal.Trials(new DecorrelatedImageClassificationTrainer.Options())[0];
@@ -120,7 +128,49 @@ public class StudyJournalTests : TempFolderTest
             command.CommandText = $"PRAGMA user_version = {StudyJournal.SchemaVersion + 1}";
             command.ExecuteNonQuery();
         }
-        var error = Assert.ThrowsExactly<InvalidOperationException>(() => StudyJournal.Open(path, Study));
+        var error = Assert.ThrowsExactly<InvalidOperationException>(() => StudyJournal.Open(StudyStorage.Parse(path), Study));
         StringAssert.Contains(error.Message, $"has schema version {StudyJournal.SchemaVersion + 1}, written by a newer version");
+    }
+
+    [TestMethod]
+    [DataRow("sqlite")]
+    [DataRow("postgresql")]
+    public void AnotherStudysJournalIsRefusedNamingTheSettingThatDiffers(string database)
+    {
+        var storage = NewStudy(database);
+        using (StudyJournal.Open(storage, Study))
+        {
+        }
+        var error = Assert.ThrowsExactly<InvalidOperationException>(() => StudyJournal.Open(storage, new Dictionary<string, string> { ["search"] = "another study" }));
+        StringAssert.Contains(error.Message, $"The study journal {storage.Display} belongs to another study: its search is 'test study', this experiment's is 'another study'");
+    }
+
+    [TestMethod]
+    public void ConcurrentWorkersOnPostgreSqlNeverGetTheSameWork()
+    {
+        var storage = PostgresServer.NewStudy();
+        const int trials = 40;
+        var handedOut = new System.Collections.Concurrent.ConcurrentBag<TrialWork>();
+        // Eight workers with their own connections ask at once; every claim is reported at once, so promotions follow.
+        Parallel.For(0, 8, worker =>
+        {
+            using var journal = StudyJournal.Open(storage, Study);
+            while (true)
+            {
+                var decision = journal.ClaimWork($"w{worker}", journal.Now(), Lease, new AsynchronousSuccessiveHalving(trials, 1, 3), m => m, NewTrial, _ => false);
+                if (decision.Finished)
+                    break;
+                if (decision.Work is not TrialWork work)
+                    continue;
+                handedOut.Add(work);
+                var trial = journal.Trials(new DecorrelatedImageClassificationTrainer.Options())[work.Trial];
+                trial.State = work.Rung == 1 ? TrialState.Completed : TrialState.Stopped;
+                trial.Metric = trial.ValidationAccuracy = (work.Trial * 7919 % 101) / 101.0;
+                Assert.IsTrue(journal.Record(trial, work, failed: false, $"w{worker}"));
+            }
+        });
+        Assert.HasCount(handedOut.Distinct().Count(), handedOut, "no work handed out twice");
+        Assert.AreEqual(trials, handedOut.Count(w => w.Rung == 0));
+        Assert.IsGreaterThanOrEqualTo(trials / 3, handedOut.Count(w => w.Rung == 1), "the top third of the first rung was promoted");
     }
 }

@@ -205,7 +205,7 @@ public class SuccessiveHalvingTests
         var folder = Directory.CreateTempSubdirectory("dbp-journal-folder").FullName;
         try
         {
-            var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings { JournalPath = folder, WorkFolder = folder + ".work" });
+            var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings { Storage = folder, WorkFolder = folder + ".work" });
             var e = Assert.ThrowsExactly<IOException>(() => experiment.Execute(data, data));
             StringAssert.Contains(e.Message, $"The study journal '{folder}' cannot be opened for writing");
         }
@@ -239,7 +239,7 @@ public class SuccessiveHalvingTests
         {
             DecorrelatedImageClassificationExperiment.Settings Settings(string journal, Action<TrialRecord>? progress = null) => new()
             {
-                MaxTrials = 4, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 2, Seed = 5, JournalPath = Path.Combine(folder, journal),
+                MaxTrials = 4, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 2, Seed = 5, Storage = Path.Combine(folder, journal),
                 SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] }, Progress = progress,
             };
             var uninterrupted = new DecorrelatedImageClassificationExperiment(ml, Settings("whole.sqlite")).Execute(train, validation);
@@ -302,14 +302,19 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
-    public void TwoWorkerProcessesShareOneJournalAndRunEveryPieceOfWorkOnce()
+    [DataRow("sqlite")]
+    [DataRow("postgresql")]
+    public void TwoWorkerProcessesShareOneJournalAndRunEveryPieceOfWorkOnce(string database)
     {
+        string journal = database == "sqlite" ? "" : PostgresServer.Url();
+        string study = "w" + Guid.NewGuid().ToString("N")[..12];
         string folder = Directory.CreateTempSubdirectory("dbp-workers").FullName;
         try
         {
-            string journal = Path.Combine(folder, "shared.sqlite");
-            var workers = Enumerable.Range(0, 2).Select(i => Task.Run(() =>
-                ChildProcess.Run([SelectionCases.Command, journal, Path.Combine(folder, $"worker-{i}.txt")], timeoutSeconds: 600))).ToArray();
+            if (database == "sqlite")
+                journal = Path.Combine(folder, "shared.sqlite");
+            var workers = Enumerable.Range(0, 2).Select(i => Task.Run(() => ChildProcess.Run(
+                [SelectionCases.Command, journal, Path.Combine(folder, $"worker-{i}.txt"), "live", Path.Combine(folder, "work"), study], timeoutSeconds: 600))).ToArray();
             var single = SingleWorkerRungs(folder);
             foreach (var (worker, i) in workers.Select((w, i) => (w, i)))
                 worker.Result.AssertSucceeded($"worker {i}");

@@ -15,7 +15,8 @@ namespace Microsoft.ML.Decorrelation.Selection;
 /// checkpoint, so a trial that reaches the top rung ends exactly where a plain run of the same options would. The trials
 /// share one decoded image cache: the data is decoded by the first trial and reused by the others.
 /// <para>
-/// The study lives in a journal (<see cref="Settings.JournalPath"/>, an SQLite file; a temporary one without it): a killed
+/// The study lives in a journal (<see cref="Settings.Storage"/>: an SQLite file, or PostgreSQL for workers on many machines; a
+/// temporary SQLite file without it): a killed
 /// experiment resumes from it, and several processes that call <see cref="Execute(IDataView, IDataView, CancellationToken)"/>
 /// with the same settings, data and journal are workers of one study — each asks the journal for the next piece of work, and a
 /// piece whose worker died is handed to another after <see cref="Settings.Lease"/>. Each worker returns when the study has
@@ -65,10 +66,18 @@ public sealed class DecorrelatedImageClassificationExperiment
         public string? WorkFolder { get; set; }
 
         /// <summary>
-        /// An SQLite file recording the study; an experiment killed at any point resumes from it (finished rungs are not
-        /// run again), and processes that share it share the study. Null for a private, temporary one.
+        /// Where the study is recorded (<see cref="StudyStorage.Parse"/>): an SQLite file path or <c>sqlite:FILE</c> for one
+        /// machine, <c>postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE</c> for workers on many (then <see cref="WorkFolder"/>
+        /// must be a folder all of them see). An experiment killed at any point resumes from it (finished rungs are not run
+        /// again), and processes that share it share the study. Null for a private, temporary SQLite file.
         /// </summary>
-        public string? JournalPath { get; set; }
+        public string? Storage { get; set; }
+
+        /// <summary>
+        /// The study's name within <see cref="Storage"/> (letters, digits, underscores): one PostgreSQL database holds many
+        /// studies. Default "default".
+        /// </summary>
+        public string StudyName { get; set; } = "default";
 
         /// <summary>
         /// How long a worker's claim on a piece of work stays valid without renewal (the worker renews it every third of
@@ -97,6 +106,8 @@ public sealed class DecorrelatedImageClassificationExperiment
             throw new ArgumentOutOfRangeException(nameof(settings), settings.Lease, "Settings.Lease must be at least one second.");
         if (settings.PollInterval <= TimeSpan.Zero)
             throw new ArgumentOutOfRangeException(nameof(settings), settings.PollInterval, "Settings.PollInterval must be positive.");
+        if (settings.Storage is { } storage && StudyStorage.Parse(storage, settings.StudyName).IsPostgreSql && settings.WorkFolder is null)
+            throw new ArgumentException("Settings.WorkFolder must be set with a PostgreSQL study: a folder every worker sees (checkpoints and models are kept there).", nameof(settings));
         if (!Enum.IsDefined(settings.OptimizingMetric))
             throw new ArgumentOutOfRangeException(nameof(settings), settings.OptimizingMetric, "Settings.OptimizingMetric is not a metric this experiment knows.");
         _context = context;
@@ -134,25 +145,26 @@ public sealed class DecorrelatedImageClassificationExperiment
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
         var settings = _settings;
-        bool temporary = settings.WorkFolder is null && settings.JournalPath is null;
-        string folder = settings.WorkFolder ?? (settings.JournalPath is { } journalPath ? journalPath + ".work"
+        bool temporary = settings.WorkFolder is null && settings.Storage is null;
+        var storage = settings.Storage is { } text ? StudyStorage.Parse(text, settings.StudyName) : null;
+        string folder = settings.WorkFolder ?? (storage?.FilePath is { } journalPath ? journalPath + ".work"
             : Path.Combine(Path.GetTempPath(), "dbp-experiment-" + Guid.NewGuid().ToString("N")));
         Directory.CreateDirectory(folder);
         // The experiment's progress in ML.NET's log (mlContext.Log), as ML.NET's own components report theirs.
         using var channel = ((IHostEnvironment)_context).Register(nameof(DecorrelatedImageClassificationExperiment)).Start("Search");
         try
         {
-            using var journal = StudyJournal.Open(settings.JournalPath ?? Path.Combine(folder, "study.sqlite"), Describe(train, validation));
+            using var journal = StudyJournal.Open(storage ?? StudyStorage.Parse(Path.Combine(folder, "study.sqlite")), Describe(train, validation));
             string worker = WorkerName();
             channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.MaxEpochs} epochs (η {settings.ReductionFactor}) by {settings.OptimizingMetric}" +
-                         (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (settings.JournalPath is null ? "." : $", journal '{settings.JournalPath}'."));
+                         (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (storage is null ? "." : $", journal {journal.Location}."));
             var seen = new Dictionary<int, string>();
             int rungsRun = 0;
             var clock = Stopwatch.StartNew();
             while (settings.TimeBudget is not { } budget || clock.Elapsed < budget)
             {
                 cancellation.ThrowIfCancellationRequested();
-                var decision = journal.ClaimWork(worker, Now(), settings.Lease, NewSearch(), Score, NewTrial, IsDeadProcessOfThisMachine);
+                var decision = journal.ClaimWork(worker, journal.Now(), settings.Lease, NewSearch(), Score, NewTrial, IsDeadProcessOfThisMachine);
                 var trials = journal.Trials(settings.BaseOptions);
                 foreach (var other in trials.Values.Where(t => seen.GetValueOrDefault(t.Trial) != t.Summary()))
                 {
@@ -205,7 +217,7 @@ public sealed class DecorrelatedImageClassificationExperiment
     }
 
     /// <summary>
-    /// The study in <see cref="Settings.JournalPath"/> as it stands, without running anything: every trial, whichever worker
+    /// The study in <see cref="Settings.Storage"/> as it stands, without running anything: every trial, whichever worker
     /// ran it, and the best model so far. For the process that reports on a study its workers (other processes, a cluster's
     /// jobs) have run.
     /// </summary>
@@ -216,12 +228,13 @@ public sealed class DecorrelatedImageClassificationExperiment
     {
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
-        if (_settings.JournalPath is not { } path)
-            throw new InvalidOperationException("LoadResult reads a study's journal: set Settings.JournalPath.");
-        if (!File.Exists(path))
+        if (_settings.Storage is not { } text)
+            throw new InvalidOperationException("LoadResult reads a study's journal: set Settings.Storage.");
+        var storage = StudyStorage.Parse(text, _settings.StudyName);
+        if (storage.FilePath is { } path && !File.Exists(path))
             throw new InvalidOperationException($"The study journal '{path}' does not exist: no worker has run this study yet.");
-        using var journal = StudyJournal.Open(path, Describe(train, validation));
-        return Result(journal, _settings.WorkFolder ?? path + ".work", TimeSpan.Zero);
+        using var journal = StudyJournal.Open(storage, Describe(train, validation));
+        return Result(journal, _settings.WorkFolder ?? storage.FilePath + ".work", TimeSpan.Zero);
     }
 
     private ExperimentResult Result(StudyJournal journal, string folder, TimeSpan duration)
@@ -232,8 +245,6 @@ public sealed class DecorrelatedImageClassificationExperiment
         var (_, best) = DecorrelatedImageClassificationTransformer.Load(_context, ModelPath(folder, bestTrial.Trial));
         return new ExperimentResult(best, bestTrial, ordered, duration);
     }
-
-    private static long Now() => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
 
     /// <summary>A name unique to this call: machine, process id, and a random tag (one process may run several workers).</summary>
     private static string WorkerName() => $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid().ToString("N")[..6]}";
@@ -328,9 +339,9 @@ public sealed class DecorrelatedImageClassificationExperiment
         {
             try
             {
-                lost |= !journal.Renew(worker, work.Trial, Now() + (long)_settings.Lease.TotalMilliseconds);
+                lost |= !journal.Renew(worker, work.Trial, journal.Now() + (long)_settings.Lease.TotalMilliseconds);
             }
-            catch (Exception e) when (e is Microsoft.Data.Sqlite.SqliteException or InvalidOperationException)
+            catch (Exception e) when (e is System.Data.Common.DbException or InvalidOperationException or TimeoutException)
             {
                 renewalError = e;   // reported by the training thread below
             }

@@ -1,21 +1,24 @@
 using System.Diagnostics;
 using System.Data.Common;
 using System.Text.Json;
-using Microsoft.Data.Sqlite;
 
 namespace Microsoft.ML.Decorrelation.Selection;
 
 /// <summary>
-/// The record of one model-selection study in an SQLite file: what the study is (its settings and data), every trial's
-/// configuration, state and curve, every rung result in the order reported, and the work handed out and not yet
-/// reported (claims, each held by one worker under a lease its worker renews). Workers in several processes share a study
-/// through it: handing out work and reporting a result are each one transaction, so every piece of work is handed out once;
-/// a claim whose lease ran out (its worker died) is handed out again and continues from the trial's last checkpoint.
+/// The record of one model-selection study in a database — an SQLite file (one machine) or a PostgreSQL schema (many
+/// machines): what the study is (its settings and data), every trial's configuration, state and curve, every rung result in
+/// the order reported, and the work handed out and not yet reported (claims, each held by one worker under a lease its
+/// worker renews). Workers in several processes share a study through it: handing out work and reporting a result are
+/// each one transaction, so every piece of work is handed out once; a claim whose lease ran out (its worker died) is
+/// handed out again and continues from the trial's last checkpoint.
 /// </summary>
 /// <remarks>
 /// The scheduler's state is a function of the reports and the claims (<see cref="AsynchronousSuccessiveHalving.Restore"/>),
 /// so nothing else needs to be stored, and an experiment killed at any point resumes where it stopped. The schema is
-/// versioned by SQLite's <c>user_version</c>; older journals are migrated when opened (docs/DESIGN.md, "Model selection").
+/// versioned (SQLite's <c>user_version</c>, a <c>schema_version</c> table in PostgreSQL); older journals are migrated when
+/// opened. Transactions that decide are serialised: SQLite's <c>BEGIN IMMEDIATE</c>, a PostgreSQL transaction-scoped
+/// advisory lock on the study. Lease times come from the database's clock in PostgreSQL, so machines need not agree on
+/// the time (docs/DESIGN.md, "Model selection").
 /// </remarks>
 internal sealed class StudyJournal : IDisposable
 {
@@ -25,8 +28,8 @@ internal sealed class StudyJournal : IDisposable
     /// <summary>How often a claim whose worker keeps dying is handed out before the trial is marked failed.</summary>
     public const int MaxAttempts = 3;
 
-    private readonly SqliteConnection _connection;
-    private readonly string _path;
+    private readonly DbConnection _connection;
+    private readonly StudyStorage _storage;
     private readonly object _gate = new();   // the lease-renewal timer shares the connection with the worker
 
     /// <summary>A reported rung result: the optimizing metric's value, NaN when the trial failed.</summary>
@@ -44,50 +47,52 @@ internal sealed class StudyJournal : IDisposable
     // A curve point's metric is NaN where it was not measured (journals of version 1 have no macro-accuracy).
     private static readonly JsonSerializerOptions CurveJson = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    private StudyJournal(SqliteConnection connection, string path)
+    private StudyJournal(DbConnection connection, StudyStorage storage)
     {
         _connection = connection;
-        _path = path;
+        _storage = storage;
     }
 
-    /// <summary>Opens (or creates) the journal at <paramref name="path"/> for the study described by <paramref name="study"/>.</summary>
+    /// <summary>Where the study is kept, as messages name it.</summary>
+    public string Location => _storage.Display;
+
+    /// <summary>Opens (or creates) the study described by <paramref name="study"/> in <paramref name="storage"/>.</summary>
     /// <exception cref="InvalidOperationException">The journal belongs to another study (other settings or data), or was written by a newer version; the message says which.</exception>
-    /// <exception cref="IOException">The file cannot be opened or written (read-only, locked); the message names it.</exception>
-    public static StudyJournal Open(string path, IReadOnlyDictionary<string, string> study)
+    /// <exception cref="IOException">The database cannot be opened or written (read-only, locked, unreachable); the message names it.</exception>
+    public static StudyJournal Open(StudyStorage storage, IReadOnlyDictionary<string, string> study)
     {
-        SqliteConnection connection;
+        DbConnection connection;
         try
         {
-            connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadWriteCreate, DefaultTimeout = 60 }.ToString());
-            connection.Open();
+            connection = storage.Connect();
         }
-        catch (SqliteException e)
+        catch (DbException e)
         {
-            throw new IOException($"The study journal '{path}' cannot be opened for writing: {e.Message}", e);
+            throw new IOException($"The study journal {storage.Display} cannot be opened for writing: {e.Message}", e);
         }
-        var journal = new StudyJournal(connection, path);
+        var journal = new StudyJournal(connection, storage);
         try
         {
-            using var transaction = connection.BeginTransaction();   // IMMEDIATE: takes the write lock now
+            using var transaction = journal.BeginDecision();
             journal.Migrate();
             foreach (var (key, value) in study)
             {
-                if (journal.Scalar("SELECT value FROM study WHERE key = $key", ("$key", key)) is string stored)
+                if (journal.Scalar("SELECT value FROM study WHERE key = @key", ("@key", key)) is string stored)
                 {
                     if (stored != value)
-                        throw new InvalidOperationException($"The study journal '{path}' belongs to another study: its {key} is '{stored}', this experiment's is '{value}'. Use another journal file.");
+                        throw new InvalidOperationException($"The study journal {storage.Display} belongs to another study: its {key} is '{stored}', this experiment's is '{value}'. Use another journal.");
                 }
                 else
                 {
-                    journal.Execute("INSERT INTO study (key, value) VALUES ($key, $value)", ("$key", key), ("$value", value));
+                    journal.Execute("INSERT INTO study (key, value) VALUES (@key, @value)", ("@key", key), ("@value", value));
                 }
             }
             transaction.Commit();
         }
-        catch (SqliteException e)
+        catch (DbException e)
         {
             journal.Dispose();
-            throw new IOException($"The study journal '{path}' cannot be written: {e.Message}", e);
+            throw new IOException($"The study journal {storage.Display} cannot be written: {e.Message}", e);
         }
         catch
         {
@@ -97,36 +102,69 @@ internal sealed class StudyJournal : IDisposable
         return journal;
     }
 
-    // Each step brings the schema from version i to i + 1; a journal records the version it reached.
-    private static readonly string[] Migrations =
+    /// <summary>A transaction that may decide (hand out or report work): one at a time per study.</summary>
+    private DbTransaction BeginDecision()
+    {
+        var transaction = _connection.BeginTransaction();   // SQLite: BEGIN IMMEDIATE, the write lock taken now
+        if (_storage.IsPostgreSql)
+            Execute("SELECT pg_advisory_xact_lock(hashtext(@study))", ("@study", _storage.Schema!));
+        return transaction;
+    }
+
+    /// <summary>The study's clock in Unix milliseconds: the PostgreSQL server's, else this machine's.</summary>
+    public long Now()
+        => _storage.IsPostgreSql ? Locked(() => (long)Scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")!)
+            : DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+
+    // Each step brings the schema from version i to i + 1; a journal records the version it reached. SQLite and
+    // PostgreSQL differ only in the reports table's sequence column.
+    private static string[] Migrations(bool postgres) =>
     [
-        """
+        $"""
         CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS trials (id INTEGER PRIMARY KEY, configuration TEXT NOT NULL, state TEXT NOT NULL, rung INTEGER NOT NULL,
-            epochs INTEGER NOT NULL, accuracy REAL, seconds REAL NOT NULL, error TEXT, curve TEXT NOT NULL);
-        CREATE TABLE IF NOT EXISTS reports (sequence INTEGER PRIMARY KEY AUTOINCREMENT, trial INTEGER NOT NULL, rung INTEGER NOT NULL,
-            accuracy REAL, failed INTEGER NOT NULL, UNIQUE (trial, rung));
+            epochs INTEGER NOT NULL, accuracy DOUBLE PRECISION, seconds DOUBLE PRECISION NOT NULL, error TEXT, curve TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS reports (sequence {(postgres ? "BIGSERIAL PRIMARY KEY" : "INTEGER PRIMARY KEY AUTOINCREMENT")}, trial INTEGER NOT NULL, rung INTEGER NOT NULL,
+            accuracy DOUBLE PRECISION, failed INTEGER NOT NULL, UNIQUE (trial, rung));
         """,
         """
-        ALTER TABLE trials ADD COLUMN metric REAL;
+        ALTER TABLE trials ADD COLUMN metric DOUBLE PRECISION;
         UPDATE trials SET metric = accuracy;
-        ALTER TABLE reports ADD COLUMN metric REAL;
+        ALTER TABLE reports ADD COLUMN metric DOUBLE PRECISION;
         UPDATE reports SET metric = accuracy;
-        CREATE TABLE claims (trial INTEGER PRIMARY KEY, rung INTEGER NOT NULL, worker TEXT NOT NULL, expires_at INTEGER NOT NULL, attempts INTEGER NOT NULL);
+        CREATE TABLE claims (trial INTEGER PRIMARY KEY, rung INTEGER NOT NULL, worker TEXT NOT NULL, expires_at BIGINT NOT NULL, attempts INTEGER NOT NULL);
         """,
     ];
 
     private void Migrate()
     {
-        long version = (long)Scalar("PRAGMA user_version")!;
-        // Version 1 journals predate the version stamp: they have tables but user_version 0.
-        if (version == 0 && Scalar("SELECT count(*) FROM sqlite_master WHERE name = 'reports'") is long tables && tables > 0)
-            version = 1;
+        long version;
+        if (_storage.IsPostgreSql)
+        {
+            Execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
+            version = Scalar("SELECT max(version) FROM schema_version") is int stored ? stored : 0;
+        }
+        else
+        {
+            version = (long)Scalar("PRAGMA user_version")!;
+            // Version 1 journals predate the version stamp: they have tables but user_version 0.
+            if (version == 0 && Scalar("SELECT count(*) FROM sqlite_master WHERE name = 'reports'") is long tables && tables > 0)
+                version = 1;
+        }
         if (version > SchemaVersion)
-            throw new InvalidOperationException($"The study journal '{_path}' has schema version {version}, written by a newer version of this library (this one knows up to {SchemaVersion}).");
+            throw new InvalidOperationException($"The study journal {_storage.Display} has schema version {version}, written by a newer version of this library (this one knows up to {SchemaVersion}).");
+        var migrations = Migrations(_storage.IsPostgreSql);
         for (; version < SchemaVersion; version++)
-            Execute(Migrations[version]);
-        Execute($"PRAGMA user_version = {SchemaVersion}");
+            Execute(migrations[version]);
+        if (_storage.IsPostgreSql)
+        {
+            Execute("DELETE FROM schema_version");
+            Execute($"INSERT INTO schema_version (version) VALUES ({SchemaVersion})");
+        }
+        else
+        {
+            Execute($"PRAGMA user_version = {SchemaVersion}");
+        }
     }
 
     /// <summary>Every rung result, in the order it was reported.</summary>
@@ -169,24 +207,24 @@ internal sealed class StudyJournal : IDisposable
     {
         return Locked(() =>
         {
-            using var transaction = _connection.BeginTransaction();
+            using var transaction = BeginDecision();
             var claims = ReadClaims();
             bool Abandoned(Claim c) => c.ExpiresAt < now || isDead(c.Worker);
             foreach (var dead in claims.Where(c => Abandoned(c) && c.Attempts >= MaxAttempts))
             {
                 // The trial outlived MaxAttempts workers: most likely it kills them (a native crash), so it is not handed out again.
-                Execute("DELETE FROM claims WHERE trial = $trial", ("$trial", dead.Trial));
-                Execute("INSERT INTO reports (trial, rung, accuracy, metric, failed) VALUES ($trial, $rung, NULL, NULL, 1)", ("$trial", dead.Trial), ("$rung", dead.Rung));
-                Execute("UPDATE trials SET state = $state, error = $error WHERE id = $trial", ("$trial", dead.Trial), ("$state", TrialState.Failed.ToString()),
-                    ("$error", $"its worker stopped without reporting {dead.Attempts} times (last '{dead.Worker}'); not retried"));
+                Execute("DELETE FROM claims WHERE trial = @trial", ("@trial", dead.Trial));
+                Execute("INSERT INTO reports (trial, rung, accuracy, metric, failed) VALUES (@trial, @rung, NULL, NULL, 1)", ("@trial", dead.Trial), ("@rung", dead.Rung));
+                Execute("UPDATE trials SET state = @state, error = @error WHERE id = @trial", ("@trial", dead.Trial), ("@state", TrialState.Failed.ToString()),
+                    ("@error", $"its worker stopped without reporting {dead.Attempts} times (last '{dead.Worker}'); not retried"));
             }
             claims.RemoveAll(c => Abandoned(c) && c.Attempts >= MaxAttempts);
 
             long expiresAt = now + (long)lease.TotalMilliseconds;
             if (claims.FirstOrDefault(Abandoned) is { Worker: not null } expired)
             {
-                Execute("UPDATE claims SET worker = $worker, expires_at = $expires, attempts = attempts + 1 WHERE trial = $trial",
-                    ("$worker", worker), ("$expires", expiresAt), ("$trial", expired.Trial));
+                Execute("UPDATE claims SET worker = @worker, expires_at = @expires, attempts = attempts + 1 WHERE trial = @trial",
+                    ("@worker", worker), ("@expires", expiresAt), ("@trial", expired.Trial));
                 transaction.Commit();
                 return new Decision(new TrialWork(expired.Trial, expired.Rung, search.Rungs[expired.Rung]), Requeued: true, Finished: false);
             }
@@ -207,8 +245,8 @@ internal sealed class StudyJournal : IDisposable
                 transaction.Commit();
                 return new Decision(null, Requeued: false, Finished: search.IsFinished);
             }
-            Execute("INSERT INTO claims (trial, rung, worker, expires_at, attempts) VALUES ($trial, $rung, $worker, $expires, 1)",
-                ("$trial", next.Trial), ("$rung", next.Rung), ("$worker", worker), ("$expires", expiresAt));
+            Execute("INSERT INTO claims (trial, rung, worker, expires_at, attempts) VALUES (@trial, @rung, @worker, @expires, 1)",
+                ("@trial", next.Trial), ("@rung", next.Rung), ("@worker", worker), ("@expires", expiresAt));
             if (next.Rung == 0)
             {
                 var trial = newTrial(next.Trial);
@@ -217,7 +255,7 @@ internal sealed class StudyJournal : IDisposable
             }
             else
             {
-                Execute("UPDATE trials SET state = $state WHERE id = $trial", ("$state", TrialState.Running.ToString()), ("$trial", next.Trial));
+                Execute("UPDATE trials SET state = @state WHERE id = @trial", ("@state", TrialState.Running.ToString()), ("@trial", next.Trial));
             }
             transaction.Commit();
             return new Decision(next, Requeued: false, Finished: false);
@@ -227,8 +265,8 @@ internal sealed class StudyJournal : IDisposable
     /// <summary>Extends <paramref name="worker"/>'s claim on <paramref name="trial"/> to <paramref name="expiresAt"/>; false when the claim is no longer its own.</summary>
     public bool Renew(string worker, int trial, long expiresAt)
     {
-        return Locked(() => Execute("UPDATE claims SET expires_at = $expires WHERE trial = $trial AND worker = $worker",
-                ("$expires", expiresAt), ("$trial", trial), ("$worker", worker)) == 1);
+        return Locked(() => Execute("UPDATE claims SET expires_at = @expires WHERE trial = @trial AND worker = @worker",
+                ("@expires", expiresAt), ("@trial", trial), ("@worker", worker)) == 1);
     }
 
     /// <summary>
@@ -236,7 +274,7 @@ internal sealed class StudyJournal : IDisposable
     /// takes it over at once, and the give-up does not count as one of its <see cref="MaxAttempts"/>.
     /// </summary>
     public void Release(string worker, int trial)
-        => Locked(() => Execute("UPDATE claims SET expires_at = 0, attempts = attempts - 1 WHERE trial = $trial AND worker = $worker", ("$trial", trial), ("$worker", worker)));
+        => Locked(() => Execute("UPDATE claims SET expires_at = 0, attempts = attempts - 1 WHERE trial = @trial AND worker = @worker", ("@trial", trial), ("@worker", worker)));
 
     /// <summary>Records a trial's state (inserted or replaced).</summary>
     public void Save(TrialRecord trial)
@@ -245,15 +283,15 @@ internal sealed class StudyJournal : IDisposable
         {
             Execute("""
                 INSERT INTO trials (id, configuration, state, rung, epochs, accuracy, metric, seconds, error, curve)
-                VALUES ($id, $configuration, $state, $rung, $epochs, $accuracy, $metric, $seconds, $error, $curve)
+                VALUES (@id, @configuration, @state, @rung, @epochs, @accuracy, @metric, @seconds, @error, @curve)
                 ON CONFLICT (id) DO UPDATE SET configuration = excluded.configuration, state = excluded.state, rung = excluded.rung,
                     epochs = excluded.epochs, accuracy = excluded.accuracy, metric = excluded.metric, seconds = excluded.seconds,
                     error = excluded.error, curve = excluded.curve
                 """,
-                ("$id", trial.Trial), ("$configuration", JsonSerializer.Serialize(trial.Configuration)), ("$state", trial.State.ToString()),
-                ("$rung", trial.Rung), ("$epochs", trial.EpochsRun), ("$accuracy", Nullable(trial.ValidationAccuracy)), ("$metric", Nullable(trial.Metric)),
-                ("$seconds", trial.Seconds), ("$error", (object?)trial.Error ?? DBNull.Value),
-                ("$curve", JsonSerializer.Serialize(trial.Curve.Select(c => new[] { c.Epoch, c.ValidationAccuracy, c.Seconds, c.ValidationMacroAccuracy, c.ValidationLogLoss, c.RecordedAt.ToUnixTimeMilliseconds() }), CurveJson)));
+                ("@id", trial.Trial), ("@configuration", JsonSerializer.Serialize(trial.Configuration)), ("@state", trial.State.ToString()),
+                ("@rung", trial.Rung), ("@epochs", trial.EpochsRun), ("@accuracy", Nullable(trial.ValidationAccuracy)), ("@metric", Nullable(trial.Metric)),
+                ("@seconds", trial.Seconds), ("@error", (object?)trial.Error ?? DBNull.Value),
+                ("@curve", JsonSerializer.Serialize(trial.Curve.Select(c => new[] { c.Epoch, c.ValidationAccuracy, c.Seconds, c.ValidationMacroAccuracy, c.ValidationLogLoss, c.RecordedAt.ToUnixTimeMilliseconds() }), CurveJson)));
         });
     }
 
@@ -298,13 +336,13 @@ internal sealed class StudyJournal : IDisposable
     {
         return Locked(() =>
         {
-            using var transaction = _connection.BeginTransaction();
-            if (Execute("DELETE FROM claims WHERE trial = $trial AND rung = $rung AND worker = $worker", ("$trial", work.Trial), ("$rung", work.Rung), ("$worker", worker)) != 1)
+            using var transaction = BeginDecision();
+            if (Execute("DELETE FROM claims WHERE trial = @trial AND rung = @rung AND worker = @worker", ("@trial", work.Trial), ("@rung", work.Rung), ("@worker", worker)) != 1)
                 return false;
             Save(trial);
-            Execute("INSERT INTO reports (trial, rung, accuracy, metric, failed) VALUES ($trial, $rung, $accuracy, $metric, $failed)",
-                ("$trial", work.Trial), ("$rung", work.Rung), ("$accuracy", Nullable(trial.ValidationAccuracy)), ("$metric", failed ? DBNull.Value : Nullable(trial.Metric)),
-                ("$failed", failed ? 1 : 0));
+            Execute("INSERT INTO reports (trial, rung, accuracy, metric, failed) VALUES (@trial, @rung, @accuracy, @metric, @failed)",
+                ("@trial", work.Trial), ("@rung", work.Rung), ("@accuracy", Nullable(trial.ValidationAccuracy)), ("@metric", failed ? DBNull.Value : Nullable(trial.Metric)),
+                ("@failed", failed ? 1 : 0));
             transaction.Commit();
             return true;
         });
@@ -354,7 +392,12 @@ internal sealed class StudyJournal : IDisposable
         var command = _connection.CreateCommand();
         command.CommandText = sql;
         foreach (var (name, value) in parameters)
-            command.Parameters.AddWithValue(name, value);
+        {
+            var parameter = command.CreateParameter();
+            parameter.ParameterName = name;
+            parameter.Value = value;
+            command.Parameters.Add(parameter);
+        }
         return command;
     }
 
@@ -362,6 +405,6 @@ internal sealed class StudyJournal : IDisposable
     public void Dispose()
     {
         _connection.Dispose();
-        SqliteConnection.ClearAllPools();
+        _storage.ReleasePool();
     }
 }
