@@ -152,57 +152,72 @@ internal static class SelectCommand
             return 0;
         }
         var others = settings.IsWorker ? [] : StartWorkers(settings, commandLine ?? []);
+        if (settings.Workers > 1)
+            TorchSharp.torch.set_num_threads(ThreadsPerWorker(settings.Workers));   // the workers share the cores instead of oversubscribing them
 
-        var trials = new SortedDictionary<int, TrialRecord>();
-        ExperimentResult result;
-        if (console.Profile.Capabilities.Interactive && !settings.IsWorker)
+        ExperimentResult? result = null;
+        try
         {
-            // A live leaderboard, redrawn whenever a trial of any worker changes.
-            var table = Leaderboard([], settings.Metric);
-            result = console.Live(table).Start(live =>
-            {
-                experimentSettings.Progress = trial =>
-                {
-                    lock (trials)
-                    {
-                        trials[trial.Trial] = trial;
-                        live.UpdateTarget(Leaderboard(trials.Values, settings.Metric));
-                    }
-                };
-                return new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
-            });
+            result = Search(console, ml, settings, experimentSettings, train, validation);
+            console.MarkupLineInterpolated($"This worker: {result.RungsRun} rung results in {result.Duration.TotalSeconds:F0} s; journal {result.JournalTime.TotalMilliseconds / Math.Max(1, result.RungsRun):F1} ms per rung result.");
         }
-        else
+        catch (InvalidOperationException e) when (others.Count > 0)
         {
-            // Redirected output: one line per rung result.
-            experimentSettings.Progress = trial =>
-            {
-                if (trial.State != TrialState.Running)
-                    console.MarkupLineInterpolated($"{trial}");
-            };
-            result = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
+            // This worker's budget ended before a full run was reported; the other workers may still finish one.
+            console.MarkupLineInterpolated($"[yellow]{e.Message} Waiting for the other workers.[/]");
         }
-        console.MarkupLineInterpolated($"This worker: {result.RungsRun} rung results in {result.Duration.TotalSeconds:F0} s; journal {result.JournalTime.TotalMilliseconds / Math.Max(1, result.RungsRun):F1} ms per rung result.");
-        foreach (var (process, log) in others)
+        finally
         {
-            process.WaitForExit();
-            log.Wait();
-            if (process.ExitCode != 0)
-                console.MarkupLineInterpolated($"[red]A worker process ended with exit code {process.ExitCode}; see {Path.Combine(settings.ReportFolder, "workers")}.[/]");
-            process.Dispose();
+            foreach (var (process, log) in others)
+            {
+                process.WaitForExit();
+                log.Wait();
+                if (process.ExitCode != 0)
+                    console.MarkupLineInterpolated($"[red]A worker process ended with exit code {process.ExitCode}; see {Path.Combine(settings.ReportFolder, "workers")}.[/]");
+                process.Dispose();
+            }
         }
         // The other workers may have reported after this one's last look: the final leaderboard is the journal's.
         if (others.Count > 0)
         {
-            result.BestModel.Dispose();
+            result?.BestModel.Dispose();
             result = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).LoadResult(train, validation);
         }
-        using (result.BestModel)
+        using (result!.BestModel)
         {
             if (!settings.IsWorker)
                 WriteReport(console, ml, settings, result, train, test);
         }
         return 0;
+    }
+
+    /// <summary>Runs this process's worker: under a live leaderboard on a terminal, one line per rung result otherwise.</summary>
+    private static ExperimentResult Search(IAnsiConsole console, MLContext ml, SelectSettings settings, DecorrelatedImageClassificationExperiment.Settings experimentSettings,
+        IDataView train, IDataView validation)
+    {
+        if (!console.Profile.Capabilities.Interactive || settings.IsWorker)
+        {
+            experimentSettings.Progress = trial =>
+            {
+                if (trial.State != TrialState.Running)
+                    console.MarkupLineInterpolated($"{trial}");
+            };
+            return new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
+        }
+        // A live leaderboard, redrawn whenever a trial of any worker changes.
+        var trials = new SortedDictionary<int, TrialRecord>();
+        return console.Live(Leaderboard([], settings.Metric)).Start(live =>
+        {
+            experimentSettings.Progress = trial =>
+            {
+                lock (trials)
+                {
+                    trials[trial.Trial] = trial;
+                    live.UpdateTarget(Leaderboard(trials.Values, settings.Metric));
+                }
+            };
+            return new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
+        });
     }
 
     /// <summary>Which task of a scheduler's job this process is (Slurm array task, Kubernetes indexed job), for the log.</summary>
@@ -253,7 +268,8 @@ internal static class SelectCommand
             arguments.AddRange(["--report", settings.ReportFolder]);
         for (int i = 1; i < settings.Workers; i++)
         {
-            var process = ChildProcessRunner.Start(ChildProcessRunner.StartInfo(typeof(SelectCommand).Assembly.Location, arguments, environment: null));
+            var threads = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = ThreadsPerWorker(settings.Workers).ToString(CultureInfo.InvariantCulture) };
+            var process = ChildProcessRunner.Start(ChildProcessRunner.StartInfo(typeof(SelectCommand).Assembly.Location, arguments, threads));
             string log = Path.Combine(logs, $"worker-{i}.log");
             var copy = Task.WhenAll(process.StandardOutput.ReadToEndAsync(), process.StandardError.ReadToEndAsync())
                 .ContinueWith(t => File.WriteAllText(log, string.Concat(t.Result)), TaskScheduler.Default);
@@ -261,6 +277,9 @@ internal static class SelectCommand
         }
         return started;
     }
+
+    /// <summary>Torch threads of each of <paramref name="workers"/> processes on this machine: its cores shared out, at least one.</summary>
+    private static int ThreadsPerWorker(int workers) => Math.Max(1, Environment.ProcessorCount / workers);
 
     private static string MetricText(double value, OptimizingMetric metric)
         => double.IsNaN(value) ? "" : metric == OptimizingMetric.LogLoss ? value.ToString("F4", CultureInfo.InvariantCulture) : value.ToString("P2", CultureInfo.InvariantCulture);
