@@ -128,7 +128,15 @@ internal static class SelectCommand
     {
         if (settings.Workers < 1)
             throw new ArgumentException($"--workers {settings.Workers}: at least one worker is needed.");
+        if (!console.Profile.Capabilities.Interactive)
+            console.Profile.Width = Math.Max(console.Profile.Width, 200);   // a log gets whole lines: one per rung result
         var ml = new MLContext(seed: settings.Seed);
+        // The search's warnings (a dead worker's trial taken over, a lost claim) belong in the log of a cluster job.
+        ml.Log += (_, e) =>
+        {
+            if (e.Kind == Runtime.ChannelMessageKind.Warning && e.Source.Contains(nameof(DecorrelatedImageClassificationExperiment), StringComparison.Ordinal))
+                console.MarkupLineInterpolated($"[yellow]{e.RawMessage}[/]");
+        };
         var (train, validation, test, description) = LoadData(ml, settings);
         if (settings.IsWorker)
             console.MarkupLineInterpolated($"Worker {Environment.MachineName}/{Environment.ProcessId}{SchedulerTask()} of study '{settings.Study}'; data: {description}.");
