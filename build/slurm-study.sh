@@ -105,17 +105,11 @@ sinfo -h -o "   partition %P: node %N %T, %c CPUs" || { cat "$work/slurm/slurmct
 # The study: 2,000 shipped Fashion-MNIST images, 6 trials, rungs of 1 and 2 epochs (η 3), seed 3.
 study_args=(select --limit 2000 --trials 6 --min-epochs 1 --max-epochs 2 --seed 3 --time 30m)
 
-submit() { # NAME TASKS [extra worker args...]: submits an array of TASKS workers of study NAME; prints the job id
+submit() { # NAME TASKS [extra worker args...]: writes the job array with `select --slurm`, submits it; prints the job id
   local name=$1 tasks=$2; shift 2
-  mkdir -p "$work/$name"
-  cat >"$work/$name/worker.sh" <<EOF
-#!/usr/bin/env bash
-export OMP_NUM_THREADS=\${SLURM_CPUS_PER_TASK:-1}   # Torch threads: the CPUs Slurm gave the task
-exec dotnet "$samples" ${study_args[*]} --worker --storage "$storage" --study $name --work "$work/$name/work" --report "$work/$name/report" $*
-EOF
-  chmod +x "$work/$name/worker.sh"
-  sbatch --parsable --array=0-$((tasks - 1)) --cpus-per-task=1 --job-name="$name" --chdir="$root" \
-    --output="$work/$name/task-%a.log" "$work/$name/worker.sh"
+  dotnet "$samples" "${study_args[@]}" "$@" --slurm "$work/$name/worker.sh" --workers "$tasks" --storage "$storage" --study "$name" \
+    --work "$work/$name/work" --report "$work/$name" >/dev/null
+  sbatch --parsable --chdir="$root" "$work/$name/worker.sh"
 }
 
 wait_for() { # JOB: waits until the job has left the queue

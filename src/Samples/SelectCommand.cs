@@ -65,6 +65,7 @@ internal static class SelectCommand
         var study = new Option<string>("--study") { Description = "The study's name in --storage (a PostgreSQL database holds many).", DefaultValueFactory = _ => "default" };
         var lease = new Option<string>("--lease") { Description = "How long a dead worker's trial waits before another worker takes it over (30s, 2m).", DefaultValueFactory = _ => "2m" };
         var kubernetes = new Option<string?>("--kubernetes") { Description = "Run nothing: write a Kubernetes Indexed Job of --workers worker pods for this study to this YAML file." };
+        var slurm = new Option<string?>("--slurm") { Description = "Run nothing: write a Slurm batch script of a --workers-task job array of workers for this study (submit it with sbatch)." };
         var image = new Option<string?>("--image") { Description = "With --kubernetes: the container image holding the samples at /app/Samples.dll." };
         var work = new Option<string?>("--work") { Description = "Folder for checkpoints and trial models, seen by every worker (default REPORT/work)." };
         var metric = new Option<OptimizingMetric>("--metric") { Description = "The validation metric to optimize.", DefaultValueFactory = _ => OptimizingMetric.MicroAccuracy };
@@ -72,10 +73,13 @@ internal static class SelectCommand
         var methods = new Option<string>("--methods") { Description = "Training methods in the search space: both, dbp or backprop.", DefaultValueFactory = _ => "both" };
         var command = new System.CommandLine.Command("select", "Search DBP and backprop configurations by successive halving within a time budget.")
         {
-            minutes, trials, maxEpochs, minEpochs, limit, data, images, size, report, workers, worker, summarize, journal, storage, study, work, lease, kubernetes, image, metric, seed, methods,
+            minutes, trials, maxEpochs, minEpochs, limit, data, images, size, report, workers, worker, summarize, journal, storage, study, work, lease, kubernetes, slurm, image, metric, seed, methods,
         };
         command.SetAction(result => result.GetValue(kubernetes) is { } manifest
             ? WriteKubernetesJob(AnsiConsole.Console, manifest, result.GetValue(image)!, result.GetValue(workers), result.GetValue(study)!, Environment.GetCommandLineArgs().Skip(1).ToArray())
+            : result.GetValue(slurm) is { } batch
+            ? WriteSlurmJob(AnsiConsole.Console, batch, result.GetValue(workers), result.GetValue(study)!, result.GetValue(storage) ?? result.GetValue(journal),
+                result.GetValue(work), result.GetValue(report)!, Environment.GetCommandLineArgs().Skip(1).ToArray())
             : Run(AnsiConsole.Console, new SelectSettings
         {
             Minutes = ParseMinutes(result.GetValue(minutes)!), Trials = result.GetValue(trials), MinEpochs = result.GetValue(minEpochs), MaxEpochs = result.GetValue(maxEpochs),
@@ -98,6 +102,41 @@ internal static class SelectCommand
         var arguments = commandLine.Where((a, i) => !replaced.Contains(a) && (i == 0 || !replaced.Contains(commandLine[i - 1]))).ToList();
         File.WriteAllText(path, KubernetesManifest.Yaml(new KubernetesManifest.Job(study, image, workers, "dbp-study-storage", "dbp-shared", arguments)));
         console.MarkupLineInterpolated($"Wrote the Kubernetes job of {workers} workers to {Path.GetFullPath(path)}: create the Secret dbp-study-storage (key storage: the postgresql:// string) and the ReadWriteMany claim dbp-shared, then kubectl apply -f it.");
+        return 0;
+    }
+
+    /// <summary>
+    /// Writes a Slurm batch script whose job array of <paramref name="workers"/> tasks (one CPU each) runs this command line
+    /// as workers of the study in <paramref name="storage"/>; each task logs to REPORT/task-N.log. Submit it with sbatch.
+    /// </summary>
+    internal static int WriteSlurmJob(IAnsiConsole console, string path, int workers, string study, string? storage, string? workFolder, string reportFolder, string[] commandLine)
+    {
+        if (workers < 1)
+            throw new ArgumentException($"--workers {workers}: the Slurm job array needs at least one task.");
+        if (storage is null || !Selection.StudyStorage.Parse(storage, study).IsPostgreSql)
+            throw new ArgumentException("--slurm: give --storage postgresql://...: tasks on several machines cannot share an SQLite file.");
+        if (workFolder is null)
+            throw new ArgumentException("--slurm: give --work, a folder every node sees (checkpoints and trial models).");
+        string[] replaced = ["--slurm", "--workers", "--journal", "--storage", "--study", "--work", "--report"];
+        var arguments = commandLine.Where((a, i) => !replaced.Contains(a) && (i == 0 || !replaced.Contains(commandLine[i - 1])))
+            .Concat(["--worker", "--storage", storage, "--study", study, "--work", Path.GetFullPath(workFolder), "--report", Path.GetFullPath(reportFolder)]);
+        static string Quote(string text) => "'" + text.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
+        string script = $"""
+            #!/usr/bin/env bash
+            # Workers of the model-selection study '{study}' (written by: select --slurm). Submit with: sbatch {Path.GetFileName(path)}
+            #SBATCH --job-name=dbp-select-{study}
+            #SBATCH --array=0-{workers - 1}
+            #SBATCH --cpus-per-task=1
+            #SBATCH --output={Path.GetFullPath(reportFolder)}/task-%a.log
+            export OMP_NUM_THREADS=${"{"}SLURM_CPUS_PER_TASK:-1{"}"}   # Torch threads: the CPUs Slurm gave the task
+            exec dotnet {Quote(typeof(SelectCommand).Assembly.Location)} {string.Join(' ', arguments.Select(Quote))}
+
+            """;
+        Directory.CreateDirectory(reportFolder);
+        File.WriteAllText(path, script);
+        if (!OperatingSystem.IsWindows())
+            File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);   // it holds the storage string
+        console.MarkupLineInterpolated($"Wrote the Slurm job array of {workers} workers to {Path.GetFullPath(path)}: sbatch it; then select --summarize with the same options writes the report.");
         return 0;
     }
 

@@ -108,7 +108,7 @@ public class BuildTests
             var groups = metadata.Element(ns + "dependencies")!.Elements(ns + "group").ToList();
             Assert.AreEqual("net10.0", groups.Single().Attribute("targetFramework")!.Value);
             var dependencies = groups.Single().Elements(ns + "dependency").ToDictionary(d => d.Attribute("id")!.Value, d => d.Attribute("version")!.Value);
-            CollectionAssert.AreEquivalent(new[] { "Microsoft.Data.Sqlite", "Microsoft.ML", "Microsoft.ML.ImageAnalytics", "Microsoft.ML.OnnxConverter", "TorchSharp", "TorchSharp.PyBridge" }, dependencies.Keys.ToArray(),
+            CollectionAssert.AreEquivalent(new[] { "Microsoft.Data.Sqlite", "Microsoft.ML", "Microsoft.ML.ImageAnalytics", "Microsoft.ML.OnnxConverter", "Npgsql", "TorchSharp", "TorchSharp.PyBridge" }, dependencies.Keys.ToArray(),
                 $"dependencies: {string.Join(", ", dependencies.Select(d => d.Key + " " + d.Value))}");
             Assert.AreEqual("[5.0.1]", dependencies["Microsoft.ML"]);
             Assert.AreEqual("[0.107.0]", dependencies["TorchSharp"]);

@@ -254,6 +254,36 @@ public class SamplesTests : TempFolderTest
     }
 
     [TestMethod]
+    public void SlurmJobArrayScriptRunsWorkersOfTheStudyAndIsValidBash()
+    {
+        var (console, output) = CapturedConsole();
+        string folder = Folder("slurm");
+        string path = Path.Combine(folder, "workers.sh");
+        Assert.AreEqual(0, SelectCommand.WriteSlurmJob(console, path, 4, "fashion", "postgresql://u:it's@db/dbp", Path.Combine(folder, "work"), Path.Combine(folder, "report"),
+            ["select", "--trials", "27", "--workers", "4", "--storage", "postgresql://u:it's@db/dbp", "--time", "1h"]));
+        string script = File.ReadAllText(path);
+        StringAssert.Contains(script, "#SBATCH --array=0-3\n");
+        StringAssert.Contains(script, "#SBATCH --cpus-per-task=1\n");
+        StringAssert.Contains(script, $"#SBATCH --output={Path.Combine(folder, "report")}/task-%a.log");
+        StringAssert.Contains(script, "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}");
+        StringAssert.Contains(script, "'select' '--trials' '27' '--time' '1h' '--worker' '--storage' 'postgresql://u:it'\\''s@db/dbp' '--study' 'fashion'");
+        if (!OperatingSystem.IsWindows())
+            Assert.AreEqual(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(path), "the storage string is readable by its owner only");
+
+        // bash parses it, and its command line reaches the program as written (the quoted password intact).
+        var check = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("bash", ["-c", $"sed 's/^exec dotnet [^ ]*/printf \"%s\\\\n\"/' {path} | bash"]) { RedirectStandardOutput = true })!;
+        string[] printed = check.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        check.WaitForExit();
+        Assert.AreEqual(0, check.ExitCode);
+        CollectionAssert.AreEqual(new[] { "select", "--trials", "27", "--time", "1h", "--worker", "--storage", "postgresql://u:it's@db/dbp", "--study", "fashion",
+            "--work", Path.Combine(folder, "work"), "--report", Path.Combine(folder, "report") }, printed);
+
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.WriteSlurmJob(console, path, 2, "s", "study.sqlite", folder, folder, ["select"])).Message, "cannot share an SQLite file");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.WriteSlurmJob(console, path, 2, "s", "postgresql://h/d", null, folder, ["select"])).Message, "--work");
+        StringAssert.Contains(output.ToString(), "sbatch");
+    }
+
+    [TestMethod]
     public void SelectTimeBudgetsParseWithUnitsAndBadOnesNameTheOption()
     {
         Assert.AreEqual(10, SelectCommand.ParseMinutes("10"));
