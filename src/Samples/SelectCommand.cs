@@ -98,8 +98,7 @@ internal static class SelectCommand
     /// </summary>
     internal static int WriteKubernetesJob(IAnsiConsole console, string path, string image, int workers, string study, string[] commandLine)
     {
-        string[] replaced = ["--kubernetes", "--image", "--workers", "--journal", "--storage", "--study", "--work", "--report"];
-        var arguments = commandLine.Where((a, i) => !replaced.Contains(a) && (i == 0 || !replaced.Contains(commandLine[i - 1]))).ToList();
+        var arguments = Without(commandLine, "--kubernetes", "--image", "--workers", "--journal", "--storage", "--study", "--work", "--report");
         File.WriteAllText(path, KubernetesManifest.Yaml(new KubernetesManifest.Job(study, image, workers, "dbp-study-storage", "dbp-shared", arguments)));
         console.MarkupLineInterpolated($"Wrote the Kubernetes job of {workers} workers to {Path.GetFullPath(path)}: create the Secret dbp-study-storage (key storage: the postgresql:// string) and the ReadWriteMany claim dbp-shared, then kubectl apply -f it.");
         return 0;
@@ -117,8 +116,7 @@ internal static class SelectCommand
             throw new ArgumentException("--slurm: give --storage postgresql://...: tasks on several machines cannot share an SQLite file.");
         if (workFolder is null)
             throw new ArgumentException("--slurm: give --work, a folder every node sees (checkpoints and trial models).");
-        string[] replaced = ["--slurm", "--workers", "--journal", "--storage", "--study", "--work", "--report"];
-        var arguments = commandLine.Where((a, i) => !replaced.Contains(a) && (i == 0 || !replaced.Contains(commandLine[i - 1])))
+        var arguments = Without(commandLine, "--slurm", "--workers", "--journal", "--storage", "--study", "--work", "--report")
             .Concat(["--worker", "--storage", storage, "--study", study, "--work", Path.GetFullPath(workFolder), "--report", Path.GetFullPath(reportFolder)]);
         static string Quote(string text) => "'" + text.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
         string script = $"""
@@ -139,6 +137,10 @@ internal static class SelectCommand
         console.MarkupLineInterpolated($"Wrote the Slurm job array of {workers} workers to {Path.GetFullPath(path)}: sbatch it; then select --summarize with the same options writes the report.");
         return 0;
     }
+
+    /// <summary><paramref name="commandLine"/> without the valued options <paramref name="replaced"/> and their values: what a worker is started with before its own options are added.</summary>
+    private static List<string> Without(string[] commandLine, params string[] replaced)
+        => commandLine.Where((argument, i) => !replaced.Contains(argument) && (i == 0 || !replaced.Contains(commandLine[i - 1]))).ToList();
 
     /// <summary>"10" or "10m" (minutes), "90s", "1.5h".</summary>
     internal static double ParseMinutes(string text)
@@ -308,8 +310,7 @@ internal static class SelectCommand
         if (settings.Workers == 1)
             return started;
         string logs = Directory.CreateDirectory(Path.Combine(settings.ReportFolder, "workers")).FullName;
-        string[] replaced = ["--workers", "--journal", "--storage", "--work"];
-        var arguments = commandLine.Where((a, i) => !replaced.Contains(a) && (i == 0 || !replaced.Contains(commandLine[i - 1]))).ToList();
+        var arguments = Without(commandLine, "--workers", "--journal", "--storage", "--work");
         arguments.AddRange(["--worker", "--storage", settings.StudyStorage!, "--work", settings.StudyWorkFolder!]);
         if (!arguments.Contains("--report"))
             arguments.AddRange(["--report", settings.ReportFolder]);

@@ -196,6 +196,37 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
+    public void CrossValidatedSearchRanksByTheMeanOfTheFoldsAndReturnsTheBestFoldsModel()
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 360));
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+        var result = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+        {
+            MaxTrials = 2, MinEpochs = 1, MaxEpochs = 1, ReductionFactor = 2, Seed = 4, SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
+        }).Execute(data, folds: 3);
+        using var best = result.BestModel;
+
+        // Each fold trained alone with the trial's options: the trial's metric is their mean, the model the best fold's.
+        var folds = ml.Data.CrossValidationSplit(data, 3, seed: 4);
+        var trial = result.BestTrial;
+        var options = trial.Configuration.Apply(new DecorrelatedImageClassificationTrainer.Options());
+        options.MaxEpoch = 1;
+        options.Seed = 4 + trial.Trial;
+        var accuracies = folds.Select(fold =>
+        {
+            options.ValidationSet = fold.TestSet;
+            using var model = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(fold.TrainSet);
+            return ml.MulticlassClassification.Evaluate(model.Transform(fold.TestSet)).MicroAccuracy;
+        }).ToArray();
+        Assert.AreEqual(accuracies.Average(), trial.ValidationAccuracy, 1e-9, string.Join(", ", accuracies));
+        Assert.AreEqual(accuracies.Average(), trial.Metric, 1e-9);
+        int bestFold = Array.IndexOf(accuracies, accuracies.Max());
+        Assert.AreEqual(accuracies[bestFold], ml.MulticlassClassification.Evaluate(best.Transform(folds[bestFold].TestSet)).MicroAccuracy, 1e-9, "the best fold's model");
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings()).Execute(data, folds: 1));
+    }
+
+    [TestMethod]
     public void AJournalThatCannotBeOpenedIsAnErrorNamingIt()
     {
         var ml = new MLContext(seed: 1);
@@ -287,19 +318,27 @@ public class SuccessiveHalvingTests
             return (int.Parse(words[6].TrimEnd(':'), CultureInfo.InvariantCulture), int.Parse(words[1], CultureInfo.InvariantCulture), l);
         }).ToList();
 
-    /// <summary>Each trial's validation accuracy after each rung, as one worker alone finds them.</summary>
-    private static Dictionary<(int Trial, int Rung), double> SingleWorkerRungs(string folder)
+    /// <summary>Each trial's validation accuracy after each rung, as one worker alone finds them (computed once for the tests that compare with it).</summary>
+    private static readonly Lazy<Dictionary<(int Trial, int Rung), double>> SingleWorker = new(() =>
     {
-        var (ml, train, validation) = SelectionCases.Data();
-        var rungs = new Dictionary<(int, int), double>();
-        var result = new DecorrelatedImageClassificationExperiment(ml, SelectionCases.Study(Path.Combine(folder, "single.sqlite"), t =>
+        string folder = Directory.CreateTempSubdirectory("dbp-single-worker").FullName;
+        try
         {
-            if (t.State is TrialState.Stopped or TrialState.Completed)
-                rungs[(t.Trial, t.Rung)] = t.ValidationAccuracy;
-        })).Execute(train, validation);
-        result.BestModel.Dispose();
-        return rungs;
-    }
+            var (ml, train, validation) = SelectionCases.Data();
+            var rungs = new Dictionary<(int, int), double>();
+            var result = new DecorrelatedImageClassificationExperiment(ml, SelectionCases.Study(Path.Combine(folder, "single.sqlite"), t =>
+            {
+                if (t.State is TrialState.Stopped or TrialState.Completed)
+                    rungs[(t.Trial, t.Rung)] = t.ValidationAccuracy;
+            })).Execute(train, validation);
+            result.BestModel.Dispose();
+            return rungs;
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    });
 
     [TestMethod]
     [DataRow("sqlite")]
@@ -315,7 +354,7 @@ public class SuccessiveHalvingTests
                 journal = Path.Combine(folder, "shared.sqlite");
             var workers = Enumerable.Range(0, 2).Select(i => Task.Run(() => ChildProcess.Run(
                 [SelectionCases.Command, journal, Path.Combine(folder, $"worker-{i}.txt"), "live", Path.Combine(folder, "work"), study], timeoutSeconds: 600))).ToArray();
-            var single = SingleWorkerRungs(folder);
+            var single = SingleWorker.Value;
             foreach (var (worker, i) in workers.Select((w, i) => (w, i)))
                 worker.Result.AssertSucceeded($"worker {i}");
             var outputs = Enumerable.Range(0, 2).Select(i => File.ReadAllLines(Path.Combine(folder, $"worker-{i}.txt"))).ToArray();
@@ -368,7 +407,7 @@ public class SuccessiveHalvingTests
             Assert.AreEqual("Trial 0's rung 0 was claimed by a worker that stopped without reporting; continuing it from its last checkpoint.", warnings.Single());
             Assert.HasCount(6, result.Trials);
             Assert.IsTrue(result.Trials.All(t => t.State is TrialState.Stopped or TrialState.Completed), string.Join("\n", result.Trials));
-            var single = SingleWorkerRungs(folder);
+            var single = SingleWorker.Value;
             CollectionAssert.AreEquivalent(single.Keys.ToArray(), rungs.Keys.ToArray(), "the same work as one uninterrupted worker");
             foreach (var (key, accuracy) in single)
                 Assert.AreEqual(accuracy, rungs[key], 1e-12, $"trial {key.Item1} rung {key.Item2}");

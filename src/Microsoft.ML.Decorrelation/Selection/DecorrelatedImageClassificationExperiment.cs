@@ -21,7 +21,8 @@ namespace Microsoft.ML.Decorrelation.Selection;
 /// with the same settings, data and journal are workers of one study — each asks the journal for the next piece of work, and a
 /// piece whose worker died is handed to another after <see cref="Settings.Lease"/>. Each worker returns when the study has
 /// nothing left to do (or its own budget ran out) with the study's best model and every trial, whichever worker ran it.
-/// Progress goes to ML.NET's log (<c>mlContext.Log</c>) and to <see cref="Settings.Progress"/>. Not built: k-fold validation.
+/// Progress goes to ML.NET's log (<c>mlContext.Log</c>) and to <see cref="Settings.Progress"/>. With k folds
+/// (<see cref="Execute(IDataView, int, CancellationToken)"/>) every rung trains one model per fold and ranks by their mean.
 /// </para>
 /// </remarks>
 public sealed class DecorrelatedImageClassificationExperiment
@@ -131,6 +132,23 @@ public sealed class DecorrelatedImageClassificationExperiment
     }
 
     /// <summary>
+    /// Runs the search with <paramref name="folds"/>-fold cross-validation (ML.NET's CrossValidationSplit, seeded with
+    /// <see cref="Settings.Seed"/>): every rung of a trial trains one model per fold, and the trial is ranked by the mean of
+    /// the folds' validation metrics. The returned model is the best trial's model of its best fold.
+    /// </summary>
+    /// <param name="data">Rows with a key label column and the feature column.</param>
+    /// <param name="folds">Folds, at least 2.</param>
+    /// <param name="cancellation">Stops the search between steps.</param>
+    public ExperimentResult Execute(IDataView data, int folds, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (folds < 2)
+            throw new ArgumentOutOfRangeException(nameof(folds), folds, "Cross-validation needs at least 2 folds.");
+        var splits = _context.Data.CrossValidationSplit(data, folds, seed: _settings.Seed).Select(f => (f.TrainSet, f.TestSet)).ToList();
+        return Execute(splits, cancellation);
+    }
+
+    /// <summary>
     /// Runs the search as one worker of the study: trains on <paramref name="train"/>, ranks by
     /// <see cref="Settings.OptimizingMetric"/> on <paramref name="validation"/>, and returns when the study has nothing left
     /// to do or this worker's <see cref="Settings.TimeBudget"/> ran out.
@@ -144,6 +162,12 @@ public sealed class DecorrelatedImageClassificationExperiment
     {
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
+        return Execute([(train, validation)], cancellation);
+    }
+
+    private ExperimentResult Execute(IReadOnlyList<(IDataView Train, IDataView Validation)> folds, CancellationToken cancellation)
+    {
+        var (train, validation) = folds[0];
         var settings = _settings;
         bool temporary = settings.WorkFolder is null && settings.Storage is null;
         var storage = settings.Storage is { } text ? StudyStorage.Parse(text, settings.StudyName) : null;
@@ -154,7 +178,7 @@ public sealed class DecorrelatedImageClassificationExperiment
         using var channel = ((IHostEnvironment)_context).Register(nameof(DecorrelatedImageClassificationExperiment)).Start("Search");
         try
         {
-            using var journal = StudyJournal.Open(storage ?? StudyStorage.Parse(Path.Combine(folder, "study.sqlite")), Describe(train, validation));
+            using var journal = StudyJournal.Open(storage ?? StudyStorage.Parse(Path.Combine(folder, "study.sqlite")), Describe(train, validation, folds.Count));
             string worker = WorkerName();
             channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.MaxEpochs} epochs (η {settings.ReductionFactor}) by {settings.OptimizingMetric}" +
                          (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (storage is null ? "." : $", journal {journal.Location}."));
@@ -184,7 +208,7 @@ public sealed class DecorrelatedImageClassificationExperiment
                     channel.Warning($"Trial {work.Trial}'s rung {work.Rung} was claimed by a worker that stopped without reporting; continuing it from its last checkpoint.");
                 try
                 {
-                    using var model = RunRung(journal, worker, trial, work, train, validation, folder, cancellation);
+                    using var model = RunRung(journal, worker, trial, work, folds, folder, cancellation);
                     if (model is not null)
                         _context.Model.Save(model, validation.Schema, ModelPath(folder, trial.Trial));
                 }
@@ -282,7 +306,7 @@ public sealed class DecorrelatedImageClassificationExperiment
     private static string ModelPath(string folder, int trial) => Path.Combine(folder, $"trial-{trial}.zip");
 
     /// <summary>What identifies the study in a journal: the search settings and the data's shape.</summary>
-    private Dictionary<string, string> Describe(IDataView train, IDataView validation)
+    private Dictionary<string, string> Describe(IDataView train, IDataView validation, int folds = 1)
     {
         var s = _settings;
         static string Data(IDataView data) => $"{data.GetRowCount()?.ToString() ?? "?"} rows; {string.Join(", ", data.Schema.Where(c => !c.IsHidden).Select(c => c.Name + ":" + c.Type))}";
@@ -291,7 +315,7 @@ public sealed class DecorrelatedImageClassificationExperiment
             ["search"] = $"trials {s.MaxTrials}, epochs {s.MinEpochs}..{s.MaxEpochs}, η {s.ReductionFactor}, seed {s.Seed}; {s.SearchSpace.Describe()}",
             ["metric"] = s.OptimizingMetric.ToString(),
             ["training data"] = Data(train),
-            ["validation data"] = Data(validation),
+            ["validation data"] = Data(validation) + (folds > 1 ? $"; {folds}-fold cross-validation" : ""),
         };
     }
 
@@ -302,35 +326,10 @@ public sealed class DecorrelatedImageClassificationExperiment
     private sealed class ClaimLostException() : Exception("The worker's claim on the trial was taken over.");
 
     private DecorrelatedImageClassificationTransformer? RunRung(StudyJournal journal, string worker, TrialRecord trial, TrialWork work,
-        IDataView train, IDataView validation, string folder, CancellationToken cancellation)
+        IReadOnlyList<(IDataView Train, IDataView Validation)> folds, string folder, CancellationToken cancellation)
     {
-        var options = trial.Options.Clone();
-        options.MaxEpoch = _settings.MaxEpochs;
-        options.Seed = _settings.Seed + trial.Trial;
-        options.ValidationSet = validation;
-        options.ValidationFraction = 0;
-        options.CacheDirectory = Path.Combine(folder, "cache");
-        options.CheckpointPath = Path.Combine(folder, $"trial-{trial.Trial}.checkpoint");
-        options.ResumeFromCheckpoint = true;
         var clock = Stopwatch.StartNew();
         double secondsBefore = trial.Seconds;
-        options.MetricsCallback = m =>
-        {
-            trial.Curve.RemoveAll(c => c.Epoch >= m.Epoch);   // epochs a dead worker ran past its last checkpoint are run again
-            trial.Curve.Add(new TrialCurvePoint(m.Epoch, m.Seconds, m.ValidationAccuracy ?? double.NaN, m.ValidationMacroAccuracy ?? double.NaN, m.ValidationLoss ?? double.NaN,
-                DateTimeOffset.UtcNow));
-            trial.EpochsRun = (int)Math.Round(m.Epoch);
-            trial.ValidationAccuracy = m.ValidationAccuracy ?? double.NaN;
-            trial.Metric = _settings.OptimizingMetric switch
-            {
-                OptimizingMetric.MacroAccuracy => m.ValidationMacroAccuracy ?? double.NaN,
-                OptimizingMetric.LogLoss => m.ValidationLoss ?? double.NaN,
-                _ => m.ValidationAccuracy ?? double.NaN,
-            };
-            trial.Seconds = secondsBefore + clock.Elapsed.TotalSeconds;
-            journal.Save(trial);   // a worker that takes the trial over finds its curve up to the last checkpoint
-            _settings.Progress?.Invoke(trial);
-        };
         // The claim is renewed while this worker lives; a worker that loses it (a stall longer than the lease) stops the trial.
         bool lost = false;
         Exception? renewalError = null;
@@ -346,34 +345,95 @@ public sealed class DecorrelatedImageClassificationExperiment
                 renewalError = e;   // reported by the training thread below
             }
         }, null, period, period);
-        options.ProgressCallback = p =>
-        {
-            cancellation.ThrowIfCancellationRequested();
-            if (renewalError is { } error)
-                throw new IOException($"Renewing the claim on trial {work.Trial} in the study journal failed: {error.Message}", error);
-            if (lost)
-                throw new ClaimLostException();
-            if (p.Epoch > work.Epochs)
-                throw new RungReachedException();
-        };
+        DecorrelatedImageClassificationTransformer? best = null;
+        double bestScore = double.NegativeInfinity;
         try
         {
-            var model = _context.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(train);
-            trial.State = TrialState.Completed;
-            return model;
-        }
-        catch (RungReachedException)
-        {
-            trial.State = TrialState.Stopped;
-            return null;
+            bool completed = true;
+            var foldMetrics = new List<DecorrelatedImageClassificationMetrics>();
+            for (int fold = 0; fold < folds.Count; fold++)
+            {
+                string suffix = folds.Count == 1 ? "" : $"-fold{fold}";
+                // With folds, each fold's result of this rung is kept on disk: a worker that takes the trial over after a death
+                // does not run a finished fold again below the top rung (and at the top its checkpoint returns the model at once).
+                string foldResult = Path.Combine(folder, $"trial-{trial.Trial}{suffix}.rung{work.Rung}.json");
+                var saved = folds.Count > 1 && File.Exists(foldResult)
+                    ? System.Text.Json.JsonSerializer.Deserialize<DecorrelatedImageClassificationMetrics>(File.ReadAllText(foldResult), FoldJson) : null;
+                if (saved is not null && work.Epochs < _settings.MaxEpochs)
+                {
+                    foldMetrics.Add(saved);
+                    completed = false;
+                    continue;
+                }
+                var options = trial.Options.Clone();
+                options.MaxEpoch = _settings.MaxEpochs;
+                options.Seed = _settings.Seed + trial.Trial;
+                options.ValidationSet = folds[fold].Validation;
+                options.ValidationFraction = 0;
+                options.CacheDirectory = Path.Combine(folder, "cache" + suffix);
+                options.CheckpointPath = Path.Combine(folder, $"trial-{trial.Trial}{suffix}.checkpoint");
+                options.ResumeFromCheckpoint = true;
+                DecorrelatedImageClassificationMetrics? last = null;
+                options.MetricsCallback = m =>
+                {
+                    last = m;
+                    if (folds.Count == 1)
+                        Record(journal, trial, m.Epoch, [m], m.Seconds, secondsBefore + clock.Elapsed.TotalSeconds);
+                };
+                options.ProgressCallback = p =>
+                {
+                    cancellation.ThrowIfCancellationRequested();
+                    if (renewalError is { } error)
+                        throw new IOException($"Renewing the claim on trial {work.Trial} in the study journal failed: {error.Message}", error);
+                    if (lost)
+                        throw new ClaimLostException();
+                    if (p.Epoch > work.Epochs)
+                        throw new RungReachedException();
+                };
+                try
+                {
+                    var model = _context.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(folds[fold].Train);
+                    last ??= saved;
+                    double score = last is null ? double.NegativeInfinity : Score(MetricOf(last));
+                    if (best is null || score > bestScore)
+                    {
+                        best?.Dispose();
+                        (best, bestScore) = (model, score);
+                    }
+                    else
+                    {
+                        model.Dispose();
+                    }
+                }
+                catch (RungReachedException)
+                {
+                    completed = false;
+                }
+                if (last is null)
+                    continue;
+                foldMetrics.Add(last);
+                if (folds.Count > 1)
+                    File.WriteAllText(foldResult, System.Text.Json.JsonSerializer.Serialize(last, FoldJson));
+            }
+            if (folds.Count > 1 && foldMetrics.Count == folds.Count)
+                Record(journal, trial, foldMetrics[0].Epoch, foldMetrics, foldMetrics.Sum(m => m.Seconds), secondsBefore + clock.Elapsed.TotalSeconds);
+            trial.State = completed ? TrialState.Completed : TrialState.Stopped;
+            if (!completed)
+            {
+                best?.Dispose();
+                best = null;
+            }
+            return best;
         }
         catch (ClaimLostException)
         {
+            best?.Dispose();
             trial.State = TrialState.Running;
             return null;
         }
         catch (Exception e) when (e is Torch.TrainingDivergedException or InvalidOperationException or ArgumentException or IOException)
         {
+            best?.Dispose();
             trial.State = TrialState.Failed;
             trial.Error = e.Message;
             return null;
@@ -383,6 +443,34 @@ public sealed class DecorrelatedImageClassificationExperiment
             trial.Seconds = secondsBefore + clock.Elapsed.TotalSeconds;
             trial.Rung = work.Rung;
         }
+    }
+
+    // A fold's metrics may hold NaN (the capped fraction of an epoch without R updates).
+    private static readonly System.Text.Json.JsonSerializerOptions FoldJson = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    /// <summary>The optimizing metric's value in <paramref name="metrics"/>.</summary>
+    private double MetricOf(DecorrelatedImageClassificationMetrics metrics) => _settings.OptimizingMetric switch
+    {
+        OptimizingMetric.MacroAccuracy => metrics.ValidationMacroAccuracy ?? double.NaN,
+        OptimizingMetric.LogLoss => metrics.ValidationLoss ?? double.NaN,
+        _ => metrics.ValidationAccuracy ?? double.NaN,
+    };
+
+    /// <summary>
+    /// Adds the point after <paramref name="epoch"/> (the mean over the folds' <paramref name="metrics"/>, at
+    /// <paramref name="trainingSeconds"/> of training) to the trial's curve, sets its wall-clock <paramref name="seconds"/>, and saves it.
+    /// </summary>
+    private void Record(StudyJournal journal, TrialRecord trial, double epoch, IReadOnlyList<DecorrelatedImageClassificationMetrics> metrics, double trainingSeconds, double seconds)
+    {
+        double Mean(Func<DecorrelatedImageClassificationMetrics, double?> value) => metrics.Average(m => value(m) ?? double.NaN);
+        trial.Curve.RemoveAll(c => c.Epoch >= epoch);   // epochs a dead worker ran past its last checkpoint are run again
+        trial.Curve.Add(new TrialCurvePoint(epoch, trainingSeconds, Mean(m => m.ValidationAccuracy), Mean(m => m.ValidationMacroAccuracy), Mean(m => m.ValidationLoss), DateTimeOffset.UtcNow));
+        trial.EpochsRun = (int)Math.Round(epoch);
+        trial.ValidationAccuracy = Mean(m => m.ValidationAccuracy);
+        trial.Metric = metrics.Average(MetricOf);
+        trial.Seconds = seconds;
+        journal.Save(trial);   // a worker that takes the trial over finds its curve up to the last checkpoint
+        _settings.Progress?.Invoke(trial);
     }
 }
 
