@@ -41,16 +41,11 @@ internal static class SelectBench
     {
         if (!console.Profile.Capabilities.Interactive)
             console.Profile.Width = Math.Max(console.Profile.Width, 180);   // a log file gets the whole table
-        var source = new FashionMnistSource().Locate(dataFolder);
         var ml = new MLContext(seed: 0);
-        var rows = MainJob.ReadRows(source, train: true, limit).ToArray();
-        int held = rows.Length / 10;
-        var keys = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(rows));
-        var train = keys.Transform(ml.Data.LoadFromEnumerable(rows[held..]));
-        var validation = keys.Transform(ml.Data.LoadFromEnumerable(rows[..held]));
-        var test = keys.Transform(ml.Data.LoadFromEnumerable(MainJob.ReadRows(source, train: false, null)));
+        var (train, validation, testSet, description) = SelectCommand.LoadData(ml, new SelectSettings { Limit = limit, DataFolder = dataFolder });
+        var test = testSet!;
         Directory.CreateDirectory(reportFolder);
-        console.MarkupLineInterpolated($"CPU: {MachineInfo.CpuModel()}; data: {source.Description}, {rows.Length - held} training / {held} validation images; each search {minutes:0.##} min, {trials} trials, rungs {minEpochs}..{maxEpochs} epochs.");
+        console.MarkupLineInterpolated($"CPU: {MachineInfo.CpuModel()}; data: {description}; each search {minutes:0.##} min, {trials} trials, rungs {minEpochs}..{maxEpochs} epochs.");
 
         var outcomes = new List<SearchOutcome>();
         var plainChecks = new List<(int Seed, double Search, double Plain)>();

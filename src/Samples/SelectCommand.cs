@@ -281,7 +281,7 @@ internal static class SelectCommand
     }
 
     /// <summary>Training and validation rows (10 % held out), an optional test set, and a description of the data.</summary>
-    private static (IDataView Train, IDataView Validation, IDataView? Test, string Description) LoadData(MLContext ml, SelectSettings settings)
+    internal static (IDataView Train, IDataView Validation, IDataView? Test, string Description) LoadData(MLContext ml, SelectSettings settings)
     {
         if (settings.Images is { } folder)
         {
@@ -336,8 +336,7 @@ internal static class SelectCommand
     private static Table Leaderboard(IEnumerable<TrialRecord> trials, OptimizingMetric metric)
     {
         var table = new Table().AddColumns("trial", "method", "lr", "batch", "weight decay", "η_R", "state", "epochs", metric.ToString(), "seconds");
-        double Rank(TrialRecord t) => double.IsNaN(t.Metric) ? double.NegativeInfinity : metric == OptimizingMetric.LogLoss ? -t.Metric : t.Metric;
-        foreach (var trial in trials.OrderByDescending(Rank).ThenBy(t => t.Trial))
+        foreach (var trial in trials.OrderByDescending(t => metric.Score(t.Metric)).ThenBy(t => t.Trial))
         {
             var o = trial.Options;
             string state = trial.State switch
@@ -391,11 +390,11 @@ internal static class SelectCommand
     internal static string Verdict(IReadOnlyList<TrialRecord> trials, OptimizingMetric metric)
     {
         TrialRecord? Best(bool dbp) => trials.Where(t => t.State == TrialState.Completed && t.Options.UseDecorrelation == dbp)
-            .MaxBy(t => metric == OptimizingMetric.LogLoss ? -t.Metric : t.Metric);
+            .MaxBy(t => metric.Score(t.Metric));
         var (dbp, backprop) = (Best(true), Best(false));
         if (dbp is null || backprop is null)
             return $"only {(dbp is null ? "backprop" : "DBP")} trials finished a full run ({trials.Count} trials); no comparison.";
-        bool dbpWins = metric == OptimizingMetric.LogLoss ? dbp.Metric < backprop.Metric : dbp.Metric > backprop.Metric;
+        bool dbpWins = metric.Score(dbp.Metric) > metric.Score(backprop.Metric);
         return $"{(dbpWins ? "DBP" : "backprop")} won: best DBP trial {dbp.Trial} {MetricText(dbp.Metric, metric)} against best backprop trial {backprop.Trial} {MetricText(backprop.Metric, metric)} ({metric}, validation).";
     }
 }

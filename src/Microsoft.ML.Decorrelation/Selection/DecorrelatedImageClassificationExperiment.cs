@@ -299,9 +299,7 @@ public sealed class DecorrelatedImageClassificationExperiment
         return new TrialRecord(number, configuration, configuration.Apply(_settings.BaseOptions));
     }
 
-    /// <summary>The scheduler's higher-is-better score of a value of the optimizing metric.</summary>
-    private double Score(double metric)
-        => double.IsNaN(metric) ? double.NegativeInfinity : _settings.OptimizingMetric == OptimizingMetric.LogLoss ? -metric : metric;
+    private double Score(double metric) => _settings.OptimizingMetric.Score(metric);
 
     private static string ModelPath(string folder, int trial) => Path.Combine(folder, $"trial-{trial}.zip");
 
@@ -485,6 +483,17 @@ public enum OptimizingMetric
 
     /// <summary>The mean cross-entropy of the predicted probabilities; lower is better.</summary>
     LogLoss,
+}
+
+/// <summary>Ranking by an <see cref="OptimizingMetric"/>.</summary>
+public static class OptimizingMetricExtensions
+{
+    /// <summary>
+    /// A higher-is-better score of <paramref name="value"/> of <paramref name="metric"/>, by which trials are ranked:
+    /// the value itself, its negative for log-loss, and −∞ for NaN (not measured).
+    /// </summary>
+    public static double Score(this OptimizingMetric metric, double value)
+        => double.IsNaN(value) ? double.NegativeInfinity : metric == OptimizingMetric.LogLoss ? -value : value;
 }
 
 /// <summary>One point of a trial's validation curve, after an epoch.</summary>
