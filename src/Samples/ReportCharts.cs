@@ -1,91 +1,95 @@
+using OxyPlot;
+using OxyPlot.Annotations;
+using OxyPlot.Axes;
+using OxyPlot.Legends;
+using OxyPlot.Series;
+
 namespace Microsoft.ML.Decorrelation.Samples;
 
 /// <summary>A named line of points.</summary>
 internal sealed record ChartSeries(string Name, double[] X, double[] Y);
 
-/// <summary>The report's PNG charts, drawn with <see cref="PngCanvas"/>.</summary>
+/// <summary>A point the chart marks and labels, e.g. when one arm first reached another's best.</summary>
+internal sealed record ChartMark(double X, double Y, string Text);
+
+/// <summary>
+/// The samples' PNG charts (main job, model selection), drawn with OxyPlot on SkiaSharp 2.88 — the SkiaSharp line that
+/// Microsoft.ML.ImageAnalytics uses, so charts and ML.NET's image transforms share one process.
+/// </summary>
 internal static class ReportCharts
 {
-    private static readonly uint[] Palette = [0x1F77B4FF, 0xFF7F0EFF, 0x2CA02CFF, 0xD62728FF, 0x9467BDFF, 0x8C564BFF, 0xE377C2FF, 0x7F7F7FFF];
+    private const int Width = 960, Height = 620;
+    private static readonly OxyColor GridColor = OxyColor.FromRgb(225, 225, 225);
 
-    /// <summary>Test accuracy after each epoch against cumulative training seconds, one line per arm.</summary>
+    /// <summary>
+    /// Test accuracy after each epoch against cumulative training seconds, one line per arm; marks where DBP first reached
+    /// backprop's best accuracy, when it did.
+    /// </summary>
     public static void AccuracyAgainstTime(IReadOnlyList<ArmResult> arms, string path)
-        => LineChart(path, "Fashion-MNIST test accuracy against training time", "cumulative training seconds", "test accuracy (%)", legendAtBottom: true,
+    {
+        var backprop = arms.FirstOrDefault(a => a.Name == "Backprop");
+        var dbp = arms.FirstOrDefault(a => a.Name == "DBP");
+        ChartMark? mark = null;
+        if (backprop is not null && dbp is not null && backprop.Epochs.Count > 0)
+        {
+            double best = backprop.Epochs.Max(m => m.ValidationAccuracy ?? double.NaN);
+            if (dbp.Epochs.FirstOrDefault(m => m.ValidationAccuracy >= best) is { } reached)
+                mark = new ChartMark(reached.Seconds, 100 * reached.ValidationAccuracy!.Value,
+                    $"DBP reaches backprop's best ({100 * best:F2} %) at {reached.Seconds:F0} s");
+        }
+        LineChart(path, "Fashion-MNIST test accuracy against training time", "Cumulative training time (s)", "Test accuracy (%)", legendAtBottom: true,
             arms.Select(a => new ChartSeries(a.Name, a.Epochs.Select(m => m.Seconds).ToArray(),
-                a.Epochs.Select(m => 100 * (m.ValidationAccuracy ?? double.NaN)).ToArray())).ToArray());
+                a.Epochs.Select(m => 100 * (m.ValidationAccuracy ?? double.NaN)).ToArray())).ToArray(), mark);
+    }
 
-    /// <summary>Each decorrelated layer's mean decorrelation loss per epoch, on a log10 scale.</summary>
+    /// <summary>Each decorrelated layer's mean decorrelation loss per epoch, on a logarithmic axis.</summary>
     public static void DecorrelationLoss(IReadOnlyList<DecorrelatedImageClassificationMetrics> epochs, string path)
-        => LineChart(path, "DBP: decorrelation loss of each layer", "epoch", "log10 mean decorrelation loss", legendAtBottom: false,
+        => LineChart(path, "DBP: decorrelation loss of each layer", "Epoch", "Mean decorrelation loss", legendAtBottom: false,
             epochs.SelectMany(m => m.LayerDecorrelationLoss.Keys).Distinct().Select(layer => new ChartSeries(layer,
                 epochs.Select(m => (double)m.Epoch).ToArray(),
-                epochs.Select(m => Math.Log10(m.LayerDecorrelationLoss.GetValueOrDefault(layer, double.NaN))).ToArray())).ToArray());
+                epochs.Select(m => m.LayerDecorrelationLoss.GetValueOrDefault(layer, double.NaN)).ToArray())).ToArray(), logarithmicY: true);
 
-    /// <summary>A line chart with grid, axis ticks, markers and a legend in the lower or upper right corner.</summary>
-    public static void LineChart(string path, string title, string xLabel, string yLabel, bool legendAtBottom, IReadOnlyList<ChartSeries> series)
+    /// <summary>
+    /// A line chart with markers, grid lines, axis titles, a legend in the lower or upper right corner and an optional
+    /// marked point, written as a PNG of 960×620 pixels. Points that are not finite are left out.
+    /// </summary>
+    public static void LineChart(string path, string title, string xLabel, string yLabel, bool legendAtBottom, IReadOnlyList<ChartSeries> series,
+        ChartMark? mark = null, bool logarithmicY = false)
     {
-        const int width = 960, height = 620, left = 110, right = 30, top = 95, bottom = 80;
-        const uint black = 0x000000FF, grid = 0xDDDDDDFF;
-        var canvas = new PngCanvas(width, height);
-        var finite = series.SelectMany(s => s.X.Zip(s.Y)).Where(p => double.IsFinite(p.First) && double.IsFinite(p.Second)).ToArray();
-        var (xTicks, xMin, xMax) = Ticks(finite.Select(p => p.First).DefaultIfEmpty(0).Min(), finite.Select(p => p.First).DefaultIfEmpty(1).Max());
-        var (yTicks, yMin, yMax) = Ticks(finite.Select(p => p.Second).DefaultIfEmpty(0).Min(), finite.Select(p => p.Second).DefaultIfEmpty(1).Max());
-        int plotWidth = width - left - right, plotHeight = height - top - bottom;
-        double X(double x) => left + (x - xMin) / (xMax - xMin) * plotWidth;
-        double Y(double y) => top + plotHeight - (y - yMin) / (yMax - yMin) * plotHeight;
-
-        canvas.DrawText((width - PngCanvas.TextWidth(title, 3)) / 2, 15, title, black, 3);
-        foreach (var tick in xTicks)
+        // DejaVu Sans where installed (Debian's fonts-dejavu-core); SkiaSharp falls back to its default font elsewhere.
+        var model = new PlotModel { Title = title, Background = OxyColors.White, DefaultFont = "DejaVu Sans" };
+        model.Axes.Add(new LinearAxis
         {
-            canvas.DrawLine(X(tick), top, X(tick), top + plotHeight, grid);
-            string label = Format(tick);
-            canvas.DrawText((int)X(tick) - PngCanvas.TextWidth(label) / 2, top + plotHeight + 10, label, black);
-        }
-        foreach (var tick in yTicks)
+            Position = AxisPosition.Bottom, Title = xLabel, MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = GridColor,
+            MinimumPadding = 0.03, MaximumPadding = 0.03,
+        });
+        model.Axes.Add(logarithmicY
+            ? new LogarithmicAxis { Position = AxisPosition.Left, Title = yLabel, MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = GridColor, MinimumPadding = 0.05, MaximumPadding = 0.05 }
+            : new LinearAxis { Position = AxisPosition.Left, Title = yLabel, MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = GridColor, MinimumPadding = 0.05, MaximumPadding = 0.05 });
+        model.Legends.Add(new Legend
         {
-            canvas.DrawLine(left, Y(tick), left + plotWidth, Y(tick), grid);
-            string label = Format(tick);
-            canvas.DrawText(left - 10 - PngCanvas.TextWidth(label), (int)Y(tick) - 7, label, black);
-        }
-        canvas.DrawLine(left, top, left, top + plotHeight, black, 2);
-        canvas.DrawLine(left, top + plotHeight, left + plotWidth, top + plotHeight, black, 2);
-        canvas.DrawText(left + (plotWidth - PngCanvas.TextWidth(xLabel)) / 2, height - 35, xLabel, black);
-        canvas.DrawText(10, top - 32, yLabel, black);
-
-        for (int s = 0; s < series.Count; s++)
+            LegendPosition = legendAtBottom ? LegendPosition.BottomRight : LegendPosition.TopRight,
+            LegendBackground = OxyColor.FromAColor(220, OxyColors.White), LegendBorder = OxyColors.Gray,
+        });
+        foreach (var line in series)
         {
-            uint color = Palette[s % Palette.Length];
-            var points = series[s].X.Zip(series[s].Y).Where(p => double.IsFinite(p.First) && double.IsFinite(p.Second)).ToArray();
-            for (int i = 1; i < points.Length; i++)
-                canvas.DrawLine(X(points[i - 1].First), Y(points[i - 1].Second), X(points[i].First), Y(points[i].Second), color, 3);
-            foreach (var (x, y) in points)
-                canvas.FillRectangle((int)X(x) - 4, (int)Y(y) - 4, 9, 9, color);
-            int legendY = legendAtBottom ? top + plotHeight - 10 - 22 * (series.Count - s) : top + 10 + 22 * s;
-            int legendX = left + plotWidth - 230;
-            canvas.FillRectangle(legendX, legendY + 4, 24, 6, color);
-            canvas.DrawText(legendX + 32, legendY, series[s].Name, black);
+            var plotted = new LineSeries { Title = line.Name, MarkerType = MarkerType.Circle, MarkerSize = 3.5, StrokeThickness = 2 };
+            foreach (var (x, y) in line.X.Zip(line.Y))
+            {
+                if (double.IsFinite(x) && double.IsFinite(y) && (!logarithmicY || y > 0))
+                    plotted.Points.Add(new DataPoint(x, y));
+            }
+            model.Series.Add(plotted);
         }
-        canvas.Save(path);
+        if (mark is not null)
+        {
+            model.Annotations.Add(new PointAnnotation
+            {
+                X = mark.X, Y = mark.Y, Size = 7, Shape = MarkerType.Diamond, Fill = OxyColors.Black, Text = mark.Text,
+                TextVerticalAlignment = VerticalAlignment.Top, TextHorizontalAlignment = HorizontalAlignment.Left, TextMargin = 10,
+            });
+        }
+        using var file = File.Create(path);
+        new OxyPlot.SkiaSharp.PngExporter { Width = Width, Height = Height }.Export(model, file);
     }
-
-    /// <summary>About six "nice" tick values (steps of 1, 2 or 5 × 10^k) covering [min, max].</summary>
-    private static (double[] Ticks, double Min, double Max) Ticks(double min, double max)
-    {
-        if (max - min < 1e-12)
-        {
-            min -= 0.5;
-            max += 0.5;
-        }
-        double raw = (max - min) / 6, magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
-        double step = new[] { 1, 2, 5, 10 }.Select(f => f * magnitude).First(s => s >= raw);
-        double first = Math.Floor(min / step) * step, last = Math.Ceiling(max / step) * step;
-        var ticks = new List<double>();
-        for (double t = first; t <= last + step / 2; t += step)
-            ticks.Add(Math.Round(t / step) * step);
-        return (ticks.ToArray(), first, last);
-    }
-
-    private static string Format(double value) => Math.Abs(value) >= 1000 || value == Math.Round(value)
-        ? value.ToString("0", System.Globalization.CultureInfo.InvariantCulture)
-        : value.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture);
 }
