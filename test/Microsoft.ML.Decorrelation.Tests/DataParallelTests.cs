@@ -50,7 +50,7 @@ public class DataParallelTests : TempFolderTest
         string log = RunCase(2, method, "20", "128", together);
         StringAssert.Contains(log, "rank 1 of 2");
         // The same single-process run with one libtorch thread instead of two: it differs only in the order of
-        // floating-point sums, which DBP's steps amplify far more than backprop's (README, Data-parallel training).
+        // floating-point sums, which DBP's steps amplify far more than backprop's (docs/data-parallel.md).
         RunCase(1, threads: 1, method, "20", "128", oneThread);
         var (expected, expectedLoss, expectedAccuracy) = Result(alone);
         var (actual, actualLoss, actualAccuracy) = Result(together);

@@ -41,7 +41,7 @@ internal static class Reference
         return t;
     }
 
-    /// <summary>The DBP update rule of docs/DESIGN.md, "The algorithm", from decorrelated samples Z (N×D) and R (D×D).</summary>
+    /// <summary>The DBP update rule of docs/design.md, "The algorithm", from decorrelated samples Z (N×D) and R (D×D).</summary>
     public static (double[,] NewR, double Loss) UpdateRule(double[,] z, double[,] r, double kappa, double eta)
     {
         int n = z.GetLength(0), d = z.GetLength(1);

@@ -70,7 +70,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
 
         /// <summary>
         /// Passes over the training data. Default 6: with the default step schedule, batch size and learning rate this is
-        /// the benchmark's setting, where DBP ended 1.1 points above backprop (README, Performance); backprop needs about
+        /// the benchmark's setting, where DBP ended 1.1 points above backprop (docs/performance.md); backprop needs about
         /// 10 epochs at batch 64 to reach the same accuracy.
         /// </summary>
         public int MaxEpoch = 6;
@@ -80,7 +80,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
 
         /// <summary>
         /// Adam learning rate of the weights (initial, with a decaying <see cref="LearningRateSchedule"/>). Default 2e-3, the
-        /// better of {1e-3, 2e-3} for both backprop and DBP under the step schedule in every seed measured (README, Performance).
+        /// better of {1e-3, 2e-3} for both backprop and DBP under the step schedule in every seed measured (docs/performance.md).
         /// </summary>
         public double LearningRate = 2e-3;
 
@@ -94,7 +94,7 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// How the learning rate changes over training. Default <see cref="LearningRateSchedule.Step"/>: ×0.1 after a third
         /// and after two thirds of <see cref="MaxEpoch"/>, for the weights and the decorrelation matrices alike. Over 3 seeds
         /// on Fashion-MNIST it let DBP reach backprop's best accuracy 2.05× as fast (median; 1.21× at a constant rate) and
-        /// end 0.7 points higher than at a constant rate (README, Performance). Runs of only a few steps learn more at
+        /// end 0.7 points higher than at a constant rate (docs/performance.md). Runs of only a few steps learn more at
         /// <see cref="LearningRateSchedule.Constant"/>.
         /// </summary>
         public LearningRateSchedule LearningRateSchedule = LearningRateSchedule.Step;
@@ -182,14 +182,14 @@ public sealed class DecorrelatedImageClassificationTrainer : IEstimator<Decorrel
         /// <summary>
         /// Leave plain the layers whose input size D (C_in·kh·kw) exceeds this; 0 decorrelates every layer.
         /// Default 1152: every layer of the small CNN, and all of ResNet-18/34 but the 3×3 convolutions of the
-        /// last two stages (D = 2304 and 4608), whose W·R products would almost double the step (README, Performance).
+        /// last two stages (D = 2304 and 4608), whose W·R products would almost double the step (docs/performance.md).
         /// </summary>
         public int DecorrelationMaxInputSize = 1152;
 
         /// <summary>
         /// Make R block-diagonal, with blocks of at most this size over groups of input channels, in the layers whose
         /// input size D exceeds it; 0 (the default) keeps every R full. Cheaper than a full R on wide layers, at the
-        /// cost of the correlations between groups (README, Performance).
+        /// cost of the correlations between groups (docs/performance.md).
         /// </summary>
         public int DecorrelationMaxBlockSize;
 

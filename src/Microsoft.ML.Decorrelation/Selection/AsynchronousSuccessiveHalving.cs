@@ -15,7 +15,7 @@ public readonly record struct TrialWork(int Trial, int Rung, int Epochs);
 /// <remarks>
 /// Rungs are epoch budgets <c>min, min·η, min·η², …</c>, the last one <c>max</c>. A promoted trial continues from its
 /// checkpoint with the learning-rate schedule of its full <c>max</c>-epoch run, so a trial that reaches the top rung
-/// ends exactly where a plain run of the same options would (docs/DESIGN.md, "Model selection").
+/// ends exactly where a plain run of the same options would (docs/design.md, "Model selection").
 /// </remarks>
 public sealed class AsynchronousSuccessiveHalving
 {

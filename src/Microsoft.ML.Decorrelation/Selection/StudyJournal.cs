@@ -18,7 +18,7 @@ namespace Microsoft.ML.Decorrelation.Selection;
 /// versioned (SQLite's <c>user_version</c>, a <c>schema_version</c> table in PostgreSQL); older journals are migrated when
 /// opened. Transactions that decide are serialised: SQLite's <c>BEGIN IMMEDIATE</c>, a PostgreSQL transaction-scoped
 /// advisory lock on the study. Lease times come from the database's clock in PostgreSQL, so machines need not agree on
-/// the time (docs/DESIGN.md, "Model selection").
+/// the time (docs/design.md, "Model selection").
 /// </remarks>
 internal sealed class StudyJournal : IDisposable
 {

@@ -12,7 +12,7 @@ public readonly record struct CpuDataCache(int Level, long SizeBytes, int Shared
 /// What this x86-64 CPU says about its data caches, read the way oneDNN reads it (CPUID: leaf 4 on Intel,
 /// leaf 0x8000001D or the legacy leaves 0x80000005/6 on AMD) and, on Linux, whether the kernel found any
 /// cache information (<c>/sys/devices/system/cpu/cpu0/cache</c>). oneDNN sizes its convolution blocking by
-/// these numbers; virtual CPUs that hide them make it divide by zero (docs/DESIGN.md, "Native crash guards").
+/// these numbers; virtual CPUs that hide them make it divide by zero (docs/design.md, "Native crash guards").
 /// </summary>
 /// <param name="IsX86">Whether the process runs on x86 or x86-64 (the only CPUs whose oneDNN kernels are affected).</param>
 /// <param name="Vendor">The CPUID vendor string ("GenuineIntel", "AuthenticAMD", …); empty when not x86.</param>

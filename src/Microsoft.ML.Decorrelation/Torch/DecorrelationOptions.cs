@@ -40,7 +40,7 @@ public sealed class DecorrelationOptions
     /// Update the matrices every this many steps (1 = every step). Steps in between skip the statistics
     /// entirely. Scale <see cref="LearningRate"/> with it to keep the same decorrelation speed. Default 4:
     /// on the small CNN it cut the mean step overhead from 1.44× to 1.16× with the same accuracy curve
-    /// (README, Performance).
+    /// (docs/performance.md).
     /// </summary>
     public int UpdateInterval { get; set; } = DefaultUpdateInterval;
 
@@ -63,7 +63,7 @@ public sealed class DecorrelationOptions
     /// Multiply <see cref="LearningRate"/> by the learning-rate schedule's current factor (the scheduled rate over the
     /// initial one), so that R slows down when the weights do. Default true: with a constant η, R kept whitening at
     /// full speed after each decay of the weights' rate and DBP's test accuracy fell back by 0.3–0.8 points on the
-    /// small CNN (README, Performance); false keeps η constant.
+    /// small CNN (docs/performance.md); false keeps η constant.
     /// </summary>
     public bool FollowLearningRateSchedule { get; set; } = true;
 

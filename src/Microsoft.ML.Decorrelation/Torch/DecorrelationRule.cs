@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Decorrelation.Torch;
 
 /// <summary>
-/// The decorrelation update rule of DBP, as pure tensor functions (docs/DESIGN.md, "The algorithm").
+/// The decorrelation update rule of DBP, as pure tensor functions (docs/design.md, "The algorithm").
 /// </summary>
 public static class DecorrelationRule
 {

@@ -7,7 +7,7 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// mmap'ed, page-faulted, zeroed and unmapped again on every step; raising the mmap threshold to 32 MiB
 /// and the trim threshold to 1 GiB keeps that memory in the heap. A first probe suggested 3× faster steps; the
 /// project's own interleaved measurement found no change, because glibc's dynamic threshold already keeps these
-/// activations in the heap after the first step (README, Platform notes), so it stays as a guard. Training runs on a thread of its own (<see cref="DenormalFlushing"/>), whose
+/// activations in the heap after the first step (docs/platform.md), so it stays as a guard. Training runs on a thread of its own (<see cref="DenormalFlushing"/>), whose
 /// allocations come from a per-thread arena made of 64 MiB heaps that glibc unmaps as soon as one is empty
 /// and maps again on the next step; a top pad of 64 MiB keeps them (measured in an in-process comparison
 /// that alternated steps between threads: 10–20% slower on a second thread without it, equal with it). The price: freed memory returns to the operating system later.

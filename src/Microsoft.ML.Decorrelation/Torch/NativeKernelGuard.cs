@@ -27,7 +27,7 @@ public sealed record OneDnnDecision(bool UseOneDnn, string Reason);
 /// <summary>
 /// Keeps native kernel problems of libtorch from reaching the user: oneDNN's convolution blocking divides by
 /// the CPU's cache sizes, which some virtual CPUs report as zero, and then the process dies of SIGFPE with no
-/// exception (docs/DESIGN.md, "Native crash guards"); and NNPACK's initialisation prints a warning to stderr on
+/// exception (docs/design.md, "Native crash guards"); and NNPACK's initialisation prints a warning to stderr on
 /// CPUs it does not support, which a user can do nothing about.
 /// </summary>
 /// <remarks>

@@ -15,7 +15,7 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// to that version is <c>std::ios_base_library_init</c>, a dummy GCC 13 emits; no relocation calls it. When the library
 /// does not load, this class writes a copy whose need on that version is weak (VER_FLG_WEAK) into a per-user cache,
 /// loads libtorch and then the copy. TorchSharp's own probing then finds the already loaded library by its soname. The
-/// copy is refused if any symbol other than the allowed one is bound to the weakened version (docs/DESIGN.md §5).</para>
+/// copy is refused if any symbol other than the allowed one is bound to the weakened version (docs/design.md §5).</para>
 /// <para><b>Windows.</b> TorchSharp 0.107.0's <c>LibTorchSharp.dll</c> imports symbols that libtorch-cpu-win-x64
 /// 2.10.0 does not export (TorchSharp issue 1567), so it cannot load; <see cref="EnsureLoaded"/> says so instead of
 /// TorchSharp's message about a missing package reference.</para>

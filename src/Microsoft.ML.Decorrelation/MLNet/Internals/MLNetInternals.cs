@@ -4,7 +4,7 @@ using Microsoft.ML.Runtime;
 namespace Microsoft.ML.Decorrelation.MLNet.Internals;
 
 /// <summary>
-/// The ML.NET internals this library needs outside model persistence, in one place (docs/DESIGN.md, "ML.NET internals").
+/// The ML.NET internals this library needs outside model persistence, in one place (docs/design.md, "ML.NET internals").
 /// Compiled against publicized copies of Microsoft.ML.Core and Microsoft.ML.Data; see
 /// build/MLNetInternals.targets. Microsoft.ML is pinned exactly because of this file.
 /// </summary>

@@ -69,7 +69,7 @@ public sealed class MeteredCommunicator(ICollectiveCommunicator inner) : ICollec
 /// <summary>
 /// MPI_COMM_WORLD of the MPI library the process was launched with (<c>mpirun</c>, <c>srun</c>): Open MPI (libmpi.so.40) or
 /// MPICH (libmpi.so.12), bound directly — the handful of calls data-parallel training needs (Init_thread, Comm_rank, Comm_size,
-/// Allreduce, Bcast, Abort, Finalize). One per process; see docs/DESIGN.md, "Data-parallel training".
+/// Allreduce, Bcast, Abort, Finalize). One per process; see docs/design.md, "Data-parallel training".
 /// </summary>
 public sealed unsafe class MpiCommunicator : ICollectiveCommunicator, IDisposable
 {

@@ -144,7 +144,7 @@ public sealed class TrainingOptions
     /// Data-parallel training: the processes that train together (e.g. <see cref="Distributed.MpiCommunicator.World"/>); null (the
     /// default) trains alone. Every rank runs the same run on its shard of each global batch of <see cref="BatchSize"/>
     /// images, starts from rank 0's weights, averages the gradients and pools the decorrelation statistics, so it takes the
-    /// steps one process would take on the whole batch (docs/DESIGN.md, "Data-parallel training"). Only rank 0 writes checkpoints.
+    /// steps one process would take on the whole batch (docs/design.md, "Data-parallel training"). Only rank 0 writes checkpoints.
     /// </summary>
     public Distributed.ICollectiveCommunicator? Communicator { get; set; }
 
@@ -152,7 +152,7 @@ public sealed class TrainingOptions
     public int? Threads { get; set; }
 
     /// <summary>
-    /// Apply <see cref="NativeAllocatorTuning"/> before training (Linux only; a guard against per-step mmap/munmap of activations, see README, Platform notes).
+    /// Apply <see cref="NativeAllocatorTuning"/> before training (Linux only; a guard against per-step mmap/munmap of activations, see docs/platform.md).
     /// Default true.
     /// </summary>
     public bool TuneNativeAllocator { get; set; } = true;
