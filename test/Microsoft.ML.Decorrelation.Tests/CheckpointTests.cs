@@ -68,7 +68,7 @@ public class CheckpointTests : TempFolderTest
         var warnings = new List<string>();
         var actual = new NetworkTrainer(resumeOptions).Train(resumed, _train, _test, onWarning: warnings.Add);
 
-        StringAssert.Contains(warnings.Single(), "after epoch 1");
+        StringAssert.Contains(WithoutPlatformNotices(warnings).Single(), "after epoch 1");
         CollectionAssert.AreEqual(Figures(expected), Figures(actual));
         foreach (var (name, tensor) in uninterrupted.state_dict())
             Assert.AreEqual(0.0, Reference.MaxAbsDifference(tensor, resumed.state_dict()[name]), name);
@@ -101,15 +101,23 @@ public class CheckpointTests : TempFolderTest
         var warnings = new List<string>();
         var history = new NetworkTrainer(options).Train(network, _train, _test, onWarning: warnings.Add);
 
-        Assert.IsNotEmpty(warnings, "training diverged at least once");
-        StringAssert.Contains(warnings[0], "Rolled back to the start of epoch 1 and halved the learning rates");
+        var recoveries = WithoutPlatformNotices(warnings);
+        Assert.IsNotEmpty(recoveries, "training diverged at least once");
+        StringAssert.Contains(recoveries[0], "Rolled back to the start of epoch 1 and halved the learning rates");
         Assert.HasCount(2, history);
-        Assert.AreEqual(1e8 * Math.Pow(0.5, warnings.Count), history[^1].LearningRate, 1e-6, "the learning rate was halved at each recovery");
+        Assert.AreEqual(1e8 * Math.Pow(0.5, recoveries.Count), history[^1].LearningRate, 1e-6, "the learning rate was halved at each recovery");
         foreach (var layer in new DecorrelationController(network).Layers)
         {
             Assert.IsTrue(isfinite(layer.DecorrelationMatrix).all().item<bool>(), layer.LayerName);
-            Assert.AreEqual(1e-3 * Math.Pow(0.5, warnings.Count), layer.LearningRate, 1e-15, $"{layer.LayerName}: η_R was halved too");
+            Assert.AreEqual(1e-3 * Math.Pow(0.5, recoveries.Count), layer.LearningRate, 1e-15, $"{layer.LayerName}: η_R was halved too");
         }
         Assert.IsTrue(history.All(m => double.IsFinite(m.TrainLoss)), "no non-finite loss is reported");
     }
+
+    /// <summary>
+    /// The training's own notices, without the platform's: on a CPU that hides its cache sizes every run first says that
+    /// oneDNN is switched off (docs/platform.md), which is not what these tests are about.
+    /// </summary>
+    private static List<string> WithoutPlatformNotices(IEnumerable<string> warnings)
+        => warnings.Where(w => !w.StartsWith("oneDNN ", StringComparison.Ordinal)).ToList();
 }

@@ -57,11 +57,16 @@ public class DataParallelTests : TempFolderTest
         var (reordered, _, _) = Result(oneThread);
         using var scope = NewDisposeScope();
         Assert.AreEqual(method == "dbp" ? 12 : 8, expected.Count, string.Join(", ", expected.Keys));
+        // Where oneDNN is switched off (a CPU that hides its cache sizes), ATen's fallback convolution computes a weight
+        // gradient as one product over the batch's patches, so two half batches summed by the all-reduce round differently
+        // from the whole batch, and 20 steps amplify it — DBP's far more (measured up to 7e-5 for backprop and 7e-3 for DBP,
+        // where one thread against two changes nothing); ranks training on the wrong shard differ by far more.
+        double floor = Torch.CpuCacheInfo.ThisMachine.HiddenCacheReason() is null ? 1e-5 : 1e-2;
         foreach (var (name, value) in expected)
         {
             double ranks = RelativeDifference(actual[name], value), threads = RelativeDifference(reordered[name], value);
             Console.WriteLine($"{method} {name}: 2 ranks against 1 process {ranks:E2}; 1 thread against 2 threads {threads:E2}");
-            Assert.IsLessThan(Math.Max(1e-5, 10 * threads), ranks, $"'{name}' after 20 steps: 2 ranks {ranks:E2}, reordered sums alone {threads:E2}");
+            Assert.IsLessThan(Math.Max(floor, 10 * threads), ranks, $"'{name}' after 20 steps: 2 ranks {ranks:E2}, reordered sums alone {threads:E2}");
         }
         Assert.AreEqual(expectedLoss, actualLoss, 1e-3, "mean training loss over the ranks");
         Assert.AreEqual(expectedAccuracy, actualAccuracy, 0.01, "training accuracy over the ranks");
