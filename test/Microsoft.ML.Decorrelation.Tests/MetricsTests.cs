@@ -67,4 +67,15 @@ public class MetricsTests
             last.DecorrelationLearningRate!.Value / new DecorrelatedImageClassificationTrainer.Options().DecorrelationLearningRate, 1e-9, "η_R follows the schedule");
         StringAssert.Contains(last.ToString(), "validation loss");
     }
+
+    [TestMethod]
+    public void AnEpochWithoutAnUpdateOfRSaysSoInsteadOfPrintingNaN()
+    {
+        var withUpdate = new DecorrelatedImageClassificationMetrics { Epoch = 1, DecorrelationLoss = 0.0123, DecorrelationLearningRate = 0.008, CappedUpdateFraction = 0.25 };
+        StringAssert.Contains(withUpdate.ToString(), "decorrelation loss 1.23E-002, η_R 0.008, capped 25");
+        var without = new DecorrelatedImageClassificationMetrics { Epoch = 4, DecorrelationLoss = double.NaN, DecorrelationLearningRate = 0.0008, CappedUpdateFraction = double.NaN };
+        StringAssert.Contains(without.ToString(), "no update of R this epoch, η_R 0.0008");
+        Assert.DoesNotContain("NaN", without.ToString());
+        Assert.DoesNotContain("decorrelation", new DecorrelatedImageClassificationMetrics { Epoch = 1 }.ToString(), "plain backprop");
+    }
 }

@@ -35,14 +35,17 @@ public sealed class DecorrelatedImageClassificationMetrics
 
     /// <summary>
     /// The fraction of the epoch's updates of R whose step the stability cap lowered below η_R; null for plain
-    /// backprop. Near 1 for many epochs means the cap, not <see cref="DecorrelationLearningRate"/>, sets the pace.
+    /// backprop; NaN when no update ran in the epoch. Near 1 for many epochs means the cap, not <see cref="DecorrelationLearningRate"/>, sets the pace.
     /// </summary>
     public double? CappedUpdateFraction { get; init; }
 
     /// <summary>Training wall-clock seconds since the start of training (validation excluded).</summary>
     public double Seconds { get; init; }
 
-    /// <summary>Mean decorrelation loss over all decorrelated layers in this epoch; null for plain backprop.</summary>
+    /// <summary>
+    /// Mean decorrelation loss over all decorrelated layers in this epoch; null for plain backprop; NaN when no update of R
+    /// ran in the epoch (an epoch of fewer steps than <c>DecorrelationUpdateInterval</c>).
+    /// </summary>
     public double? DecorrelationLoss { get; init; }
 
     /// <summary>Mean decorrelation loss of each decorrelated layer (by its path in the network); empty for plain backprop.</summary>
@@ -53,7 +56,13 @@ public sealed class DecorrelatedImageClassificationMetrics
         => $"Epoch {Epoch:0.##}: train loss {TrainLoss:F4}, train accuracy {TrainAccuracy:P2}" +
            (ValidationAccuracy is double accuracy ? $", validation accuracy {accuracy:P2}, validation loss {ValidationLoss:F4}" : "") +
            $", learning rate {LearningRate:G3}, {Seconds:F1} s" +
-           (DecorrelationLoss is double loss ? $", decorrelation loss {loss:E2}, η_R {DecorrelationLearningRate:G3}, capped {CappedUpdateFraction:P0}" : "");
+           (DecorrelationLoss switch
+           {
+               null => "",
+               // An epoch shorter than the update interval may hold no update of R (NaN), which is not a failure.
+               double.NaN => $", no update of R this epoch, η_R {DecorrelationLearningRate:G3}",
+               double loss => $", decorrelation loss {loss:E2}, η_R {DecorrelationLearningRate:G3}, capped {CappedUpdateFraction:P0}",
+           });
 }
 
 /// <summary>Progress of one training step of <see cref="DecorrelatedImageClassificationTrainer"/>.</summary>
