@@ -67,7 +67,7 @@ internal sealed class BenchArm(string name, bool decorrelated, double learningRa
     public double AccuracyAt(double seconds) => Evaluations.Where(e => e.Seconds <= seconds + 1e-9).Select(e => e.Accuracy).DefaultIfEmpty(double.NaN).Last();
 }
 
-/// <summary>A target of the performance issue (medians over 3 seeds) and the figure a run measured for it.</summary>
+/// <summary>A target of the performance issue (medians over 3 seeds, or the worst seed) and the figure a run measured for it.</summary>
 /// <param name="Figure">The key of the figure in the benchmark's JSON.</param>
 /// <param name="AtLeast">True when the figure must reach the threshold, false when it must stay within it.</param>
 /// <param name="Threshold">The bound.</param>
@@ -84,11 +84,13 @@ internal sealed record BenchTarget(string Figure, bool AtLeast, double Threshold
         if (settings.MaxInputSizes.Length == 0)
             return [];
         if (settings.Case == "resnet18")
-            return [new("stepRatio", AtLeast: false, 1.5, Figure("stepRatio"))];
-        var targets = new List<BenchTarget> { new("stepRatio", AtLeast: false, 1.15, Figure("stepRatio")) };
+            return [new("stepRatio", AtLeast: false, 1.15, Figure("stepRatio"))];
+        var targets = new List<BenchTarget> { new("stepRatio", AtLeast: false, 1.10, Figure("stepRatio")) };
         if (settings.Steps is null)
         {
             targets.Add(new("timeToAccuracyRatio", AtLeast: true, 2.0, Figure("timeToAccuracyRatio")));
+            // In every seed, not only by the median.
+            targets.Add(new("minTimeToAccuracyRatio", AtLeast: true, 2.0, Figure("minTimeToAccuracyRatio")));
             targets.Add(new("dbpFinalAccuracy", AtLeast: true, Figure("bpFinalAccuracy") ?? double.NaN, Figure("dbpFinalAccuracy")));
         }
         return targets;
@@ -140,9 +142,10 @@ internal sealed class Bench(IAnsiConsole console)
         var backpropOnly = new Option<bool>("--backprop-only") { Description = "Time only backprop arms (to compare TorchSharp with build/bench_pytorch.py)." };
         var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files." };
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
+        var chart = new Option<string?>("--chart") { Description = "Draw the first seed's test accuracy against training time, one line per arm, into this PNG file." };
         var command = new System.CommandLine.Command("bench", "Backprop against DBP: step time, its breakdown, and time to accuracy, interleaved, medians over seeds.")
         {
-            caseOption, seeds, firstSeed, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, stepDecayEpochs, stepDecayFactor, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, constantEtaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json,
+            caseOption, seeds, firstSeed, epochs, grid, batchSize, threads, steps, evaluations, limit, testLimit, schedule, stepDecayEpochs, stepDecayFactor, weightDecay, cropPadding, flip, batchNorm, keepDenormals, etaR, constantEtaR, kappa, interval, convFraction, linearFraction, maxInputSize, maxBlockSize, backpropOnly, data, json, chart,
         };
         command.SetAction(result =>
         {
@@ -187,11 +190,46 @@ internal sealed class Bench(IAnsiConsole console)
                 Data = result.GetValue(data),
             };
             var figures = new Bench(AnsiConsole.Console).Run(settings);
+            string serialized = JsonSerializer.Serialize(figures, new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals });
             if (result.GetValue(json) is string path)
-                File.WriteAllText(path, JsonSerializer.Serialize(figures, new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
+                File.WriteAllText(path, serialized);
+            if (result.GetValue(chart) is string png)
+                DrawChart(JsonDocument.Parse(serialized), png);
             return 0;
         });
         return command;
+    }
+
+    /// <summary><c>bench-chart</c>: the chart of <c>bench --chart</c>, drawn from the JSON of an earlier run.</summary>
+    public static System.CommandLine.Command CreateChart()
+    {
+        var json = new Option<string>("--json") { Description = "The JSON that bench --json wrote.", Required = true };
+        var chart = new Option<string>("--chart") { Description = "The PNG file to write.", Required = true };
+        var seed = new Option<int?>("--seed") { Description = "The seed to draw (default: the run's first)." };
+        var command = new System.CommandLine.Command("bench-chart", "Draw one seed's test accuracy against training time from a bench JSON file.") { json, chart, seed };
+        command.SetAction(result =>
+        {
+            using var document = JsonDocument.Parse(File.ReadAllText(result.GetValue(json)!));
+            DrawChart(document, result.GetValue(chart)!, result.GetValue(seed));
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>One seed's arms (their evaluations: accuracy against training seconds), with the CPU in the title.</summary>
+    /// <exception cref="ArgumentException">The run has no such seed.</exception>
+    internal static void DrawChart(JsonDocument figures, string path, int? seedNumber = null)
+    {
+        var seeds = figures.RootElement.GetProperty("perSeed").EnumerateArray().ToList();
+        var seed = seedNumber is int wanted
+            ? seeds.FirstOrDefault(s => s.GetProperty("seed").GetInt32() == wanted) is { ValueKind: JsonValueKind.Object } found ? found
+                : throw new ArgumentException($"The bench run has no seed {wanted} (it ran {string.Join(", ", seeds.Select(s => s.GetProperty("seed").GetInt32()))}).", nameof(seedNumber))
+            : seeds[0];
+        var arms = seed.GetProperty("arms").EnumerateArray().Select(arm => new ChartSeries(arm.GetProperty("name").GetString()!,
+            arm.GetProperty("evaluations").EnumerateArray().Select(e => e.GetProperty("seconds").GetDouble()).ToArray(),
+            arm.GetProperty("evaluations").EnumerateArray().Select(e => 100 * e.GetProperty("accuracy").GetDouble()).ToArray())).ToArray();
+        string cpu = figures.RootElement.TryGetProperty("cpu", out var model) ? $" ({model.GetString()})" : "";
+        ReportCharts.AccuracyAgainstTime($"Fashion-MNIST test accuracy against training time, seed {seed.GetProperty("seed").GetInt32()}{cpu}", arms, path);
     }
 
     public Dictionary<string, object?> Run(BenchSettings settings)
@@ -224,9 +262,15 @@ internal sealed class Bench(IAnsiConsole console)
             var arms = settings.FlushDenormals ? DenormalFlushing.Run(() => RunSeed(settings, seed, train, test)) : RunSeed(settings, seed, train, test);
             perSeed.Add(Summarise(settings, seed, arms));
         }
-        var figures = new Dictionary<string, object?> { ["case"] = settings.Case, ["settings"] = settings };
+        var figures = new Dictionary<string, object?> { ["case"] = settings.Case, ["cpu"] = MachineInfo.CpuModel(), ["settings"] = settings };
         foreach (var (key, value) in MedianFigures(perSeed))
             figures[key] = value;
+        if (settings.Steps is null && settings.MaxInputSizes.Length > 0)
+        {
+            // The worst seed's time-to-accuracy ratio; a seed that never reached backprop's best makes it null.
+            var ratios = perSeed.Select(s => s.GetValueOrDefault("timeToAccuracyRatio") as double?).ToList();
+            figures["minTimeToAccuracyRatio"] = ratios.Any(r => r is null) ? null : ratios.Min();
+        }
         if (settings.MaxInputSizes.Length > 1)
         {
             var variantsPerSeed = perSeed.Select(s => (List<Dictionary<string, object?>>)s["variants"]!).ToList();

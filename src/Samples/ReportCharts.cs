@@ -26,20 +26,27 @@ internal static class ReportCharts
     /// backprop's best accuracy, when it did.
     /// </summary>
     public static void AccuracyAgainstTime(IReadOnlyList<ArmResult> arms, string path)
+        => AccuracyAgainstTime("Fashion-MNIST test accuracy against training time",
+            arms.Select(a => new ChartSeries(a.Name, a.Epochs.Select(m => m.Seconds).ToArray(),
+                a.Epochs.Select(m => 100 * (m.ValidationAccuracy ?? double.NaN)).ToArray())).ToArray(), path);
+
+    /// <summary>
+    /// Test accuracy (%) against training seconds, one line per arm (series named "Backprop" and "DBP"); marks where DBP
+    /// first reached backprop's best accuracy, when it did.
+    /// </summary>
+    public static void AccuracyAgainstTime(string title, IReadOnlyList<ChartSeries> arms, string path)
     {
         var backprop = arms.FirstOrDefault(a => a.Name == "Backprop");
         var dbp = arms.FirstOrDefault(a => a.Name == "DBP");
         ChartMark? mark = null;
-        if (backprop is not null && dbp is not null && backprop.Epochs.Count > 0)
+        if (backprop is not null && dbp is not null && backprop.Y.Any(double.IsFinite))
         {
-            double best = backprop.Epochs.Max(m => m.ValidationAccuracy ?? double.NaN);
-            if (dbp.Epochs.FirstOrDefault(m => m.ValidationAccuracy >= best) is { } reached)
-                mark = new ChartMark(reached.Seconds, 100 * reached.ValidationAccuracy!.Value,
-                    $"DBP reaches backprop's best ({100 * best:F2} %) at {reached.Seconds:F0} s");
+            double best = backprop.Y.Where(double.IsFinite).Max();
+            int reached = Array.FindIndex(dbp.Y, y => y >= best);
+            if (reached >= 0)
+                mark = new ChartMark(dbp.X[reached], dbp.Y[reached], $"DBP reaches backprop's best ({best:F2} %) at {dbp.X[reached]:F0} s");
         }
-        LineChart(path, "Fashion-MNIST test accuracy against training time", "Cumulative training time (s)", "Test accuracy (%)", legendAtBottom: true,
-            arms.Select(a => new ChartSeries(a.Name, a.Epochs.Select(m => m.Seconds).ToArray(),
-                a.Epochs.Select(m => 100 * (m.ValidationAccuracy ?? double.NaN)).ToArray())).ToArray(), mark);
+        LineChart(path, title, "Cumulative training time (s)", "Test accuracy (%)", legendAtBottom: true, arms, mark);
     }
 
     /// <summary>Each decorrelated layer's mean decorrelation loss per epoch, on a logarithmic axis.</summary>
@@ -83,10 +90,13 @@ internal static class ReportCharts
         }
         if (mark is not null)
         {
-            model.Annotations.Add(new PointAnnotation
+            model.Annotations.Add(new PointAnnotation { X = mark.X, Y = mark.Y, Size = 7, Shape = MarkerType.Diamond, Fill = OxyColors.Black });
+            // The label sits below and right of the point, on a white box, so that the lines under it do not hide it.
+            model.Annotations.Add(new TextAnnotation
             {
-                X = mark.X, Y = mark.Y, Size = 7, Shape = MarkerType.Diamond, Fill = OxyColors.Black, Text = mark.Text,
-                TextVerticalAlignment = VerticalAlignment.Top, TextHorizontalAlignment = HorizontalAlignment.Left, TextMargin = 10,
+                TextPosition = new DataPoint(mark.X, mark.Y), Text = mark.Text, Offset = new ScreenVector(12, 28),
+                TextHorizontalAlignment = HorizontalAlignment.Left, TextVerticalAlignment = VerticalAlignment.Top,
+                Background = OxyColor.FromAColor(230, OxyColors.White), Stroke = OxyColors.Gray, StrokeThickness = 1, Padding = new OxyThickness(4),
             });
         }
         using var file = File.Create(path);

@@ -58,6 +58,7 @@ internal static class SamplesCli
         foreach (var command in DataParallelBench.Create())
             root.Subcommands.Add(command);
         root.Subcommands.Add(Bench.Create());
+        root.Subcommands.Add(Bench.CreateChart());
         root.Subcommands.Add(ShortFitBench.CreateChild());
         root.Subcommands.Add(PipelineExample.Create());
         root.Subcommands.Add(OneDnnCost.Create());
