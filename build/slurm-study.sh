@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cluster check of model selection (README, "Model selection on a cluster"): a one-node Slurm cluster and a
+# The cluster check of model selection (docs/model-selection.md, "On a cluster"): a one-node Slurm cluster and a
 # throwaway PostgreSQL server, both on 127.0.0.1 only, started and stopped by this script; a 2-task job array of
 # `select --worker` processes sharing one study in PostgreSQL. Checks:
 #   1. every piece of work (trial, rung) ran exactly once, every trial started;

@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Decorrelation.Samples;
 
 /// <summary>
-/// Measures the streaming image cache (README, "Data larger than memory"): <c>cache-bench memory</c> trains on synthetic
+/// Measures the streaming image cache (docs/performance.md, "Data larger than memory"): <c>cache-bench memory</c> trains on synthetic
 /// RGB sets of growing size, each in a child process, and reports the peak anonymous resident memory (RssAnon: not the
 /// cache's file-backed pages) against the image count; <c>cache-bench speed</c> trains the small CNN on Fashion-MNIST
 /// from memory and from the cache in alternating runs and reports the median ratio of steps per second.

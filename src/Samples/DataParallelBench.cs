@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Decorrelation.Samples;
 
 /// <summary>
-/// <c>dp-bench</c> (README, "Data-parallel training"): DBP step time and its breakdown for 1 process × 2 threads against
+/// <c>dp-bench</c> (docs/performance.md, "Data-parallel training"): DBP step time and its breakdown for 1 process × 2 threads against
 /// 2 ranks × 1 thread under <c>mpirun</c>, alternating, medians over rounds; bytes all-reduced per step; and a scaling model
 /// from those measurements for 2–16 nodes.
 /// </summary>

@@ -8,7 +8,7 @@ using Spectre.Console;
 namespace Microsoft.ML.Decorrelation.Samples;
 
 /// <summary>
-/// <c>onnx-bench</c> (README, "Deploying through ONNX"): scoring throughput of the small CNN and ResNet-18 at 3×224×224, our
+/// <c>onnx-bench</c> (docs/performance.md, "ONNX scoring"): scoring throughput of the small CNN and ResNet-18 at 3×224×224, our
 /// TorchSharp transformer against ONNX Runtime, one image at a time and in large batches, in alternating rounds (medians);
 /// then the size of each model file and of each runtime's native libraries.
 /// </summary>

@@ -7,7 +7,7 @@ using Spectre.Console;
 namespace Microsoft.ML.Decorrelation.Samples;
 
 /// <summary>
-/// <c>select-bench</c> (README, "Model selection"): on Fashion-MNIST, for each seed, the same successive-halving search under
+/// <c>select-bench</c> (docs/performance.md, "Model selection"): on Fashion-MNIST, for each seed, the same successive-halving search under
 /// the same wall-clock budget twice, interleaved — with DBP and backprop in its space, and restricted to backprop — and
 /// reports the best validation accuracy each found, the test accuracy of the model each returned, and when the DBP-enabled
 /// search first reached the backprop-only search's final best. Also: trials per hour, the journal's cost per rung result,

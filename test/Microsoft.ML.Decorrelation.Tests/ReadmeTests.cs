@@ -27,7 +27,7 @@ public class ReadmeTests
         ["dotnet add package Microsoft.ML.Decorrelation"] = "the package is not on nuget.org yet; build/consumer-check.sh (run by .ci/run) adds it from a local feed",
         ["dotnet add package libtorch-cpu-linux-x64 --version 2.10.0"] = "build/consumer-check.sh (run by .ci/run) adds exactly this backend to its consumer apps",
         ["dotnet add package TorchSharp-cuda-linux --version 0.107.0"] = "the CUDA packages cannot be restored on this project's machines; BuildTests check their selection",
-        ["dotnet pack src/Microsoft.ML.Decorrelation -c Release -o ~/dbp-feed"] = "build/consumer-check.sh (run by .ci/run) packs the same project into a temporary feed, with a unique prerelease version",
+        ["dotnet pack src/Microsoft.ML.Decorrelation -c Release -o ~/dbp-feed -p:VersionSuffix=local.$(date +%Y%m%d%H%M)"] = "build/consumer-check.sh (run by .ci/run) packs the same project into a temporary feed, with a unique prerelease version",
         ["dotnet add package Microsoft.ML.Decorrelation --prerelease --source ~/dbp-feed"] = "build/consumer-check.sh (run by .ci/run) adds the packed package from its local feed",
     };
 

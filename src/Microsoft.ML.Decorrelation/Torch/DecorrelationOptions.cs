@@ -17,7 +17,7 @@ public sealed class DecorrelationOptions
     /// <summary>
     /// Learning rate η of the decorrelation matrices, per update. Default 8e-3 (2e-3 per step on average at the default
     /// <see cref="UpdateInterval"/> of 4): with η following the step schedule, 4e-3 left the first layer only 8× less
-    /// correlated after 6 epochs on 8,000 images, 8e-3 21× (README, "Where this implementation differs").
+    /// correlated after 6 epochs on 8,000 images, 8e-3 21× (docs/design.md, "Where this implementation differs").
     /// </summary>
     public double LearningRate { get; set; } = 8e-3;
 
