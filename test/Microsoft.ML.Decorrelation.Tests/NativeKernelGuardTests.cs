@@ -185,6 +185,14 @@ public class NativeKernelGuardTests : TempFolderTest
             Assert.AreEqual(before, Marshal.ReadInt32(logLevel));
     }
 
+    /// <summary>
+    /// Convolutions that oneDNN does not take ask whether NNPACK is available; on a CPU NNPACK does not support, libtorch
+    /// then logs its warning on every such call unless the guard switched NNPACK off.
+    /// </summary>
+    private static void AssertNoNnpackWarning(string output)
+        => Assert.AreEqual(0, output.Split('\n').Count(line => line.Contains("Could not initialize NNPACK")),
+            $"NNPACK's warning reached stderr (NNPACK available here: {NativeKernelGuard.NnpackIsAvailable}):\n{output[..Math.Min(output.Length, 2000)]}");
+
     /// <summary>oneDNN's verbose log, in the child's output, lists every convolution it executes.</summary>
     private static int OneDnnConvolutions(string output)
         => output.Split('\n').Count(line => line.StartsWith("onednn_verbose") && line.Contains(",exec,") && line.Contains("convolution"));
@@ -199,6 +207,7 @@ public class NativeKernelGuardTests : TempFolderTest
         off.AssertSucceeded($"{name} with oneDNN off");
         StringAssert.Contains(off.Output, "oneDNN in libtorch: False");
         Assert.AreEqual(0, OneDnnConvolutions(off.Output), "oneDNN ran a convolution although it was switched off");
+        AssertNoNnpackWarning(off.Output);
 
         var (on, onValues) = ChildProcess.RunNativeCase(TempFolder, name, OneDnnMode.Enabled, VerboseOneDnn, arguments);
         if (on.Signal is not null)
@@ -231,6 +240,7 @@ public class NativeKernelGuardTests : TempFolderTest
         Assert.HasCount(8 * 2, scores!);
         Assert.IsTrue(scores!.All(float.IsFinite));
         Assert.AreEqual(ThisMachine.HiddenCacheReason() is not null, automatic.Output.Contains("oneDNN switched off"), automatic.Output);
+        AssertNoNnpackWarning(automatic.Output);
 
         var environment = new Dictionary<string, string> { [NativeKernelGuard.OneDnnEnvironmentVariable] = "off" };
         var (forced, _) = ChildProcess.RunNativeCase(TempFolder, "trainer", OneDnnMode.Auto, environment, "ResNet50", "3", "32", "8");

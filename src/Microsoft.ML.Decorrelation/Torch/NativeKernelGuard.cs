@@ -71,6 +71,9 @@ public static class NativeKernelGuard
     [return: MarshalAs(UnmanagedType.U1)]
     private delegate bool NnpackAvailable();
 
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    private delegate void SetUserEnabledNnpack(IntPtr context, [MarshalAs(UnmanagedType.U1)] bool enabled);
+
     /// <summary>libtorch's current oneDNN setting (<c>torch.backends.mkldnn.enabled</c>), or null where it cannot be read.</summary>
     public static bool? OneDnnEnabledInLibTorch
     {
@@ -195,14 +198,30 @@ public static class NativeKernelGuard
         return context is null || set is null || get is null ? new Exports(null, null, null) : new Exports(context, set, get);
     }
 
-    // NNPACK initialises itself once, at the first convolution that asks whether it is available, and on CPUs it
-    // does not support logs "Could not initialize NNPACK! Reason: Unsupported hardware." at warning level. Asking
-    // here with c10's log level raised to errors, then restoring it, silences that one message and no other.
+    // On CPUs NNPACK does not support, libtorch 2.10 retries NNPACK's initialisation, and logs "Could not initialize
+    // NNPACK! Reason: Unsupported hardware." at warning level, on every convolution that asks whether NNPACK is
+    // available: every convolution that oneDNN does not take, so every one where the guard switched oneDNN off. Asking
+    // once here with c10's log level raised to errors, then restoring it, silences the first message; switching NNPACK
+    // off in libtorch's context (torch.backends.nnpack.enabled = False) when it cannot run stops the convolutions
+    // from asking again, which changes no result since an unavailable NNPACK never runs.
     private static bool? InitializeNnpackQuietly()
     {
         var available = LibTorchNative.TorchCpuFunction<NnpackAvailable>("_ZN2at6native17_nnpack_availableEv", "?_nnpack_available@native@at@@YA_NXZ");
         if (available is null)
             return null;
+        bool isAvailable = AskQuietly(available);
+        if (!isAvailable)
+        {
+            var context = LibTorchNative.TorchCpuFunction<GlobalContext>(LibTorchNative.GlobalContext);
+            var disable = LibTorchNative.TorchCpuFunction<SetUserEnabledNnpack>("_ZN2at7Context20setUserEnabledNNPACKEb", "?setUserEnabledNNPACK@Context@at@@QEAAX_N@Z");
+            if (context is not null && disable is not null)
+                disable(context(), false);
+        }
+        return isAvailable;
+    }
+
+    private static bool AskQuietly(NnpackAvailable available)
+    {
         var logLevel = Environment.GetEnvironmentVariable(TorchLogLevelEnvironmentVariable) is null
             ? LibTorchNative.FindInC10("FLAGS_caffe2_log_level", "?FLAGS_caffe2_log_level@@3HA")
             : IntPtr.Zero;
