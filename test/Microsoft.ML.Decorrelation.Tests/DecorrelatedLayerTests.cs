@@ -218,6 +218,40 @@ public class DecorrelatedLayerTests
     }
 
     [TestMethod]
+    [DataRow(1, 7, 30, 0.005, DisplayName = "full R, fewer samples than D")]
+    [DataRow(1, 50, 12, 0.005, DisplayName = "full R, more samples than D")]
+    [DataRow(3, 5, 8, 0.005, DisplayName = "3 blocks, fewer samples than d")]
+    [DataRow(3, 40, 8, 0.005, DisplayName = "3 blocks, more samples than d")]
+    [DataRow(3, 5, 8, 10.0, DisplayName = "3 blocks, every step capped")]
+    public void FusedStepEqualsTheUpdateDirectionSubtracted(int blocks, int samples, int size, double eta)
+    {
+        using var scope = NewDisposeScope();
+        const double kappa = 0.2;
+        var z = blocks == 1 ? randn(samples, size, dtype: ScalarType.Float64) * 1.3 + 0.4 : randn(blocks, samples, size, dtype: ScalarType.Float64) * 1.3 + 0.4;
+        var r = eye(size, dtype: ScalarType.Float64) + randn(blocks == 1 ? [size, size] : [blocks, size, size], dtype: ScalarType.Float64) * 0.1;
+        var rBefore = r.clone();
+
+        var (update, expectedLoss, norms) = DecorrelationRule.Compute(z, r, kappa);
+        var expectedSteps = DecorrelationRule.StableStepSizes(eta, norms);
+        var expected = r - update * (blocks == 1 ? expectedSteps.reshape([]) : expectedSteps.view(blocks, 1, 1));
+        var (next, loss, steps) = DecorrelationRule.Step(z, r, kappa, eta);
+
+        Assert.IsLessThan(1e-12, Reference.MaxAbsDifference(next, expected));
+        Assert.AreEqual(expectedLoss.item<double>(), loss.item<double>(), 1e-12);
+        CollectionAssert.AreEqual(expectedSteps.data<double>().ToArray(), steps.data<double>().ToArray());
+        Assert.AreEqual(eta > 1, steps.lt(eta).all().item<bool>(), "the cap binds exactly where η exceeds 1/‖X‖_F");
+        Assert.AreEqual(0.0, (r - rBefore).abs().max().item<double>(), "R itself is left as it was");
+
+        // From the second moment (what data-parallel ranks pool) the step is the same, and X is left as it was.
+        var secondMoment = z.transpose(-2, -1).matmul(z) / samples;
+        var secondMomentBefore = secondMoment.clone();
+        var (fromMoment, momentLoss, _) = DecorrelationRule.StepFromSecondMoment(secondMoment, r, kappa, eta);
+        Assert.IsLessThan(1e-12, Reference.MaxAbsDifference(fromMoment, expected));
+        Assert.AreEqual(expectedLoss.item<double>(), momentLoss.item<double>(), 1e-12);
+        Assert.AreEqual(0.0, (secondMoment - secondMomentBefore).abs().max().item<double>());
+    }
+
+    [TestMethod]
     public void SamplesOnlyTheRequestedFractionOfTheBatch()
     {
         using var scope = NewDisposeScope();

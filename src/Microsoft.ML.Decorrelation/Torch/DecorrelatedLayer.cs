@@ -302,17 +302,15 @@ public abstract class DecorrelatedLayer : nn.Module<Tensor, Tensor>
         using var samples = _pendingSamples;
         _pendingSamples = null;
         var blocks = PerBlock(samples);
-        var (update, loss, norms) = communicator is { Size: > 1 }
-            ? DecorrelationRule.ComputeFromSecondMoment(PooledSecondMoment(blocks, communicator), decorrelation_matrix, Kappa)
-            : DecorrelationRule.Compute(blocks, decorrelation_matrix, Kappa);
-        var stepSizes = DecorrelationRule.StableStepSizes(LearningRate, norms);
-        var perBlockStep = stepSizes.to(update.dtype);
-        var next = decorrelation_matrix - update.mul_(BlockCount == 1 ? perBlockStep : perBlockStep.view(BlockCount, 1, 1));
-        // One device-to-host copy per update: the loss, the smallest step, how many blocks were capped, whether R is finite.
+        var (next, loss, stepSizes) = communicator is { Size: > 1 }
+            ? DecorrelationRule.StepFromSecondMoment(PooledSecondMoment(blocks, communicator), decorrelation_matrix, Kappa, LearningRate)
+            : DecorrelationRule.Step(blocks, decorrelation_matrix, Kappa, LearningRate);
+        // One device-to-host copy per update: the loss, the smallest step, how many blocks were capped, and the sum of the
+        // new R, which is finite exactly when every entry is (short of a sum that overflows float64, which no usable R reaches).
         var summary = stack([loss.to(ScalarType.Float64), stepSizes.min(), stepSizes.lt(LearningRate).sum().to(ScalarType.Float64),
-            isfinite(next).all().to(ScalarType.Float64)]).cpu().data<double>().ToArray();
+            next.sum(ScalarType.Float64)]).cpu().data<double>().ToArray();
         double lossValue = summary[0];
-        if (!double.IsFinite(lossValue) || summary[3] != 1)
+        if (!double.IsFinite(lossValue) || !double.IsFinite(summary[3]))
             throw new TrainingDivergedException(
                 $"The decorrelation matrix of layer '{DisplayName}' diverged (decorrelation loss {lossValue}); it keeps its last finite value. " +
                 "Lower the decorrelation learning rate or the learning rate.", DisplayName);

@@ -96,4 +96,87 @@ public static class DecorrelationRule
         }
         return Finish(variances, xTimesR, frobeniusSquared, matrix, kappa, blocks, d);
     }
+
+    /// <summary>
+    /// One step of the rule, <c>R − η·U</c>, with each block's step size η capped by <see cref="StableStepSizes"/>: the same
+    /// result as <see cref="Compute"/> followed by the subtraction, without forming U. R's rows are scaled by
+    /// <c>1 − η·s</c> (s the diagonal coefficients of U) and the product term is added to them by one matrix-product call
+    /// that accumulates into its output, so the D×D data are read and written a few times instead of a dozen — in wide
+    /// layers the update is bound by that memory traffic, not by its arithmetic (docs/performance.md, "Where DBP's time goes").
+    /// </summary>
+    /// <param name="decorrelated">Z: N×D, or G×N×d for the G blocks of a block-diagonal R.</param>
+    /// <param name="matrix">R: D×D, or G×d×d.</param>
+    /// <param name="kappa">κ ∈ [0, 1].</param>
+    /// <param name="learningRate">η before the cap, positive.</param>
+    /// <returns>
+    /// The next R (a new tensor shaped like <paramref name="matrix"/>), the loss before the step (as <see cref="Compute"/>), and
+    /// the step size used for each block (a float64 vector of G).
+    /// </returns>
+    public static (Tensor Next, Tensor Loss, Tensor StepSizes) Step(Tensor decorrelated, Tensor matrix, double kappa, double learningRate)
+    {
+        long d = decorrelated.shape[^1];
+        double n = decorrelated.shape[^2];
+        long blocks = decorrelated.dim() == 3 ? decorrelated.shape[0] : 1;
+        using var scope = NewDisposeScope();
+        var z = decorrelated;
+        var variances = z.square().sum(dim: -2).div_(n);
+        if (n >= d)
+            return StepFromSecondMoment(z.transpose(-2, -1).matmul(z).div_(n), variances, matrix, kappa, learningRate, blocks, d);
+        // X·R = Zᵀ(Z·R)/N: the product term is Zᵀ·(c·Z·R) with c = −η(1−κ)/N per block, scaled on the small N×d factor.
+        var frobeniusSquared = z.matmul(z.transpose(-2, -1)).div_(n).square().sum([-2, -1]);
+        var (rowFactors, productScale, loss, stepSizes) = Coefficients(variances, frobeniusSquared, kappa, learningRate, blocks, d);
+        var next = RowScaled(matrix, rowFactors);
+        var scaledProduct = z.matmul(matrix).mul_(PerBlock(productScale.div_(n), blocks));
+        next = blocks == 1 ? next.addmm_(z.t(), scaledProduct) : z.transpose(1, 2).baddbmm(scaledProduct, next);   // TorchSharp: batch1.baddbmm(batch2, input)
+        return (next.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), stepSizes.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// <see cref="Step"/> from the samples' second moment X = ZᵀZ/N itself (D×D, or G×d×d), as data-parallel training pools it
+    /// (<see cref="ComputeFromSecondMoment"/>).
+    /// </summary>
+    public static (Tensor Next, Tensor Loss, Tensor StepSizes) StepFromSecondMoment(Tensor secondMoment, Tensor matrix, double kappa, double learningRate)
+    {
+        long d = secondMoment.shape[^1];
+        long blocks = secondMoment.dim() == 3 ? secondMoment.shape[0] : 1;
+        using var scope = NewDisposeScope();
+        var (next, loss, stepSizes) = StepFromSecondMoment(secondMoment.clone(), secondMoment.diagonal(0, -2, -1), matrix, kappa, learningRate, blocks, d);
+        return (next.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), stepSizes.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The step from X (overwritten: scaled in place), in the caller's dispose scope; results moved out of it.</summary>
+    private static (Tensor Next, Tensor Loss, Tensor StepSizes) StepFromSecondMoment(Tensor secondMoment, Tensor variances, Tensor matrix, double kappa,
+        double learningRate, long blocks, long d)
+    {
+        var frobeniusSquared = secondMoment.square().sum([-2, -1]);
+        var (rowFactors, productScale, loss, stepSizes) = Coefficients(variances, frobeniusSquared, kappa, learningRate, blocks, d);
+        var next = RowScaled(matrix, rowFactors);
+        var scaledSecondMoment = secondMoment.mul_(PerBlock(productScale, blocks));
+        next = blocks == 1 ? next.addmm_(scaledSecondMoment, matrix) : scaledSecondMoment.baddbmm(matrix, next);
+        return (next.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), stepSizes.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// From diag X and ‖X‖²_F: each row's factor 1 − η·s (G×d, s as in <see cref="Finish"/>), each block's product scale −η(1−κ) (G),
+    /// the loss and the capped step sizes (float64, G).
+    /// </summary>
+    private static (Tensor RowFactors, Tensor ProductScale, Tensor Loss, Tensor StepSizes) Coefficients(Tensor variances, Tensor frobeniusSquared,
+        double kappa, double learningRate, long blocks, long d)
+    {
+        var deviations = variances - 1;
+        var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
+        var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)blocks * d * d);
+        var stepSizes = StableStepSizes(learningRate, frobeniusSquared.sqrt().reshape(blocks));
+        var eta = stepSizes.to(variances.dtype).view(blocks == 1 ? [1] : [blocks, 1]);
+        var rowScale = deviations.mul_(kappa).sub_(variances * (1 - kappa));
+        var rowFactors = rowScale.mul_(eta).neg_().add_(1);
+        var productScale = eta.reshape(blocks).mul(-(1 - kappa));
+        return (rowFactors, productScale, loss, stepSizes);
+    }
+
+    /// <summary>diag(factors)·R, block by block.</summary>
+    private static Tensor RowScaled(Tensor matrix, Tensor rowFactors) => matrix * rowFactors.unsqueeze(-1);
+
+    /// <summary>A per-block scalar (a vector of G) shaped to multiply a (G×)a×b tensor: a scalar tensor for a full R.</summary>
+    private static Tensor PerBlock(Tensor perBlock, long blocks) => blocks == 1 ? perBlock.reshape([]) : perBlock.view(blocks, 1, 1);
 }
