@@ -58,13 +58,11 @@ internal static class CacheBench
                 ["cache-bench", "memory-run", "--count", count.ToString(CultureInfo.InvariantCulture), "--size", size.ToString(CultureInfo.InvariantCulture),
                  "--steps", steps.ToString(CultureInfo.InvariantCulture), "--arch", architecture.ToString()],
                 null, TimeSpan.FromHours(1));
-            var line = outcome.Output.Split('\n').LastOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
-            if (outcome.ExitCode != 0 || line is null)
+            if (outcome.ResultValues() is not { } values)
             {
                 AnsiConsole.WriteLine($"run of {count} failed ({outcome.Describe()}):\n{outcome.Output}");
                 return 1;
             }
-            var values = line.Split(' ').Skip(1).Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray();
             points.Add((count, values[2]));
             table.AddRow(count.ToString("N0", CultureInfo.InvariantCulture), values[0].ToString("F0", CultureInfo.InvariantCulture),
                 values[1].ToString("F0", CultureInfo.InvariantCulture), values[2].ToString("F0", CultureInfo.InvariantCulture));
@@ -137,7 +135,7 @@ internal static class CacheBench
         sampler.Wait();
         long diskBytes = new DirectoryInfo(cache).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
         Directory.Delete(cache, recursive: true);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT {diskBytes / 1e6} {count / cachingSeconds} {peak / 1024.0}"));
+        ChildProcessRunner.WriteResult([diskBytes / 1e6, count / cachingSeconds, peak / 1024.0]);
         return 0;
     }
 

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Diagnostics;
 using Microsoft.ML.Decorrelation.Torch;
 
@@ -9,11 +10,29 @@ namespace Microsoft.ML.Decorrelation.Samples;
 /// </summary>
 internal static class ChildProcessRunner
 {
+    private const string ResultPrefix = "RESULT ";
+
+    /// <summary>Writes the line of numbers a parent reads back with <see cref="Outcome.ResultValues"/> (round-trip precision).</summary>
+    public static void WriteResult(IEnumerable<double> values)
+        => Console.WriteLine(ResultPrefix + string.Join(' ', values.Select(v => v.ToString("R", CultureInfo.InvariantCulture))));
+
     /// <summary>What a child process did: its exit code and everything it wrote (standard output, then standard error).</summary>
     internal sealed record Outcome(int ExitCode, string Output)
     {
         /// <summary>The signal that killed the child (.NET reports 128 + signal on Unix), or null.</summary>
         public int? Signal => !OperatingSystem.IsWindows() && ExitCode > 128 && ExitCode < 160 ? ExitCode - 128 : null;
+
+        /// <summary>
+        /// The numbers of the last line the child wrote with <see cref="WriteResult"/>, or null when it exited with an error or
+        /// wrote none.
+        /// </summary>
+        public double[]? ResultValues()
+        {
+            var line = Output.Split('\n').LastOrDefault(l => l.StartsWith(ResultPrefix, StringComparison.Ordinal));
+            return ExitCode != 0 || line is null
+                ? null
+                : line[ResultPrefix.Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray();
+        }
 
         /// <summary>The exit code in words, naming the common fatal signals.</summary>
         public string Describe() => Signal switch

@@ -43,7 +43,7 @@ internal static class ShortFitBench
         command.SetAction(result =>
         {
             var timing = FitOnce(result.GetValue(folder)!, result.GetValue(arm) == "dbp", result.GetValue(seed), result.GetValue(epochs), result.GetValue(batchSize));
-            Console.WriteLine("RESULT " + string.Join(' ', new[] { timing.FitSeconds }.Concat(timing.EpochSeconds).Select(v => v.ToString("R", CultureInfo.InvariantCulture))));
+            ChildProcessRunner.WriteResult(timing.EpochSeconds.Prepend(timing.FitSeconds));
             return 0;
         });
         return command;
@@ -117,10 +117,8 @@ internal static class ShortFitBench
             ["short-fit-run", "--folder", folder, "--arm", decorrelate ? "dbp" : "backprop", "--seed", Invariant(seed), "--epochs", Invariant(settings.Epochs),
              "--batch-size", Invariant(settings.BatchSize)],
             null, TimeSpan.FromMinutes(30));
-        var line = outcome.Output.Split('\n').LastOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
-        if (outcome.ExitCode != 0 || line is null)
-            throw new InvalidOperationException($"The {(decorrelate ? "DBP" : "backprop")} fit of seed {seed} failed ({outcome.Describe()}):\n{outcome.Output}");
-        var values = line.Split(' ').Skip(1).Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray();
+        var values = outcome.ResultValues()
+            ?? throw new InvalidOperationException($"The {(decorrelate ? "DBP" : "backprop")} fit of seed {seed} failed ({outcome.Describe()}):\n{outcome.Output}");
         return new FitTiming(values[0], values[1..]);
     }
 
