@@ -3,6 +3,7 @@ using System.Net;
 using System.Text.Json;
 using Microsoft.ML.Data;
 using Microsoft.ML.Decorrelation.Samples;
+using Microsoft.ML.Decorrelation.Torch;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
 using Spectre.Console;
 
@@ -159,6 +160,32 @@ public class SamplesTests : TempFolderTest
             var epochs = arm.GetProperty("evaluations").EnumerateArray().Select(e => e.GetProperty("epoch").GetDouble()).ToArray();
             CollectionAssert.AreEqual(new[] { 5 / 16.0, 10 / 16.0, 1.0 }, epochs, arm.GetProperty("name").GetString());
         }
+    }
+
+    [TestMethod]
+    public void PiecesBenchTimesEveryDecorrelatedLayerAgainstItsArithmetic()
+    {
+        var (console, output) = CapturedConsole();
+        var options = new DecorrelationOptions { MaxBlockSize = 288 };
+
+        var figures = PiecesBench.Run(console, batchSize: 32, threads: 2, options, FashionMnist.Folder, repetitions: 5);
+
+        var layers = (List<PiecesBench.LayerPieces>)figures["layers"]!;
+        CollectionAssert.AreEqual(new[] { "conv1", "conv2", "conv3", "classifier" }, layers.Select(l => l.Layer).ToArray());
+        // D = C_in·3·3 for the convolutions, 128·3·3 features for the classifier; blocks of at most 288.
+        CollectionAssert.AreEqual(new long[] { 9, 288, 576, 1152 }, layers.Select(l => l.InputSize).ToArray());
+        CollectionAssert.AreEqual(new long[] { 32, 64, 128, 10 }, layers.Select(l => l.Outputs).ToArray());
+        CollectionAssert.AreEqual(new long[] { 9, 288, 288, 288 }, layers.Select(l => l.BlockSize).ToArray());
+        Assert.AreEqual(2.0 * 128 * 576 * 288 / 1e9, layers[2].ProductGflop, 1e-15, "W·R with 2 blocks: O·D·d multiply-adds");
+        foreach (var layer in layers)
+        {
+            foreach (var ms in new[] { layer.PlainForwardBackwardMs, layer.DecorrelatedForwardBackwardMs, layer.ProductMs, layer.ProductGradientMs, layer.StatisticsMs, layer.UpdateMs })
+                Assert.IsTrue(ms > 0 && double.IsFinite(ms), $"{layer.Layer}: {layer}");
+        }
+        Assert.AreEqual(layers.Sum(l => l.ExtraInPlaceMs), (double)figures["extraForwardBackwardMs"]!, 1e-9);
+        string printed = System.Text.RegularExpressions.Regex.Replace(output.ToString(), @"\s+", " ");
+        StringAssert.Contains(printed, "conv3");
+        StringAssert.Contains(printed, $"statistics + update {(double)figures["statisticsAndUpdatePerUpdateMs"]!:F2} ms per update");
     }
 
     [TestMethod]
