@@ -35,12 +35,7 @@ public sealed class AsynchronousSuccessiveHalving
     /// <exception cref="ArgumentOutOfRangeException">A setting is out of range; the message names it.</exception>
     public AsynchronousSuccessiveHalving(int maxTrials, int minEpochs, int maxEpochs, int reductionFactor = 3)
     {
-        if (maxTrials < 1)
-            throw new ArgumentOutOfRangeException(nameof(maxTrials), maxTrials, "The search needs at least one trial.");
-        if (minEpochs < 1 || maxEpochs < minEpochs)
-            throw new ArgumentOutOfRangeException(nameof(minEpochs), minEpochs, $"The lowest rung's epochs must lie in [1, {maxEpochs}] (the full run).");
-        if (reductionFactor < 2)
-            throw new ArgumentOutOfRangeException(nameof(reductionFactor), reductionFactor, "The reduction factor η must be at least 2.");
+        Validate(maxTrials, minEpochs, maxEpochs, reductionFactor);
         _maxTrials = maxTrials;
         _reduction = reductionFactor;
         var rungs = new List<int>();
@@ -53,6 +48,18 @@ public sealed class AsynchronousSuccessiveHalving
             _completed.Add([]);
             _promoted.Add([]);
         }
+    }
+
+    /// <summary>Checks the settings the constructor takes, without creating a scheduler.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A setting is out of range; the message names it.</exception>
+    public static void Validate(int maxTrials, int minEpochs, int maxEpochs, int reductionFactor = 3)
+    {
+        if (maxTrials < 1)
+            throw new ArgumentOutOfRangeException(nameof(maxTrials), maxTrials, "The search needs at least one trial.");
+        if (minEpochs < 1 || maxEpochs < minEpochs)
+            throw new ArgumentOutOfRangeException(nameof(minEpochs), minEpochs, $"The lowest rung's epochs must lie in [1, {maxEpochs}] (the full run).");
+        if (reductionFactor < 2)
+            throw new ArgumentOutOfRangeException(nameof(reductionFactor), reductionFactor, "The reduction factor η must be at least 2.");
     }
 
     /// <summary>The epoch budget of each rung, lowest first.</summary>

@@ -100,7 +100,7 @@ public sealed class DecorrelatedImageClassificationExperiment
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(settings);
         settings.SearchSpace.Validate();
-        _ = new AsynchronousSuccessiveHalving(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
+        AsynchronousSuccessiveHalving.Validate(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
         if (settings.TimeBudget is { } budget && budget <= TimeSpan.Zero)
             throw new ArgumentOutOfRangeException(nameof(settings), budget, "Settings.TimeBudget must be positive.");
         if (settings.Lease < TimeSpan.FromSeconds(1))
