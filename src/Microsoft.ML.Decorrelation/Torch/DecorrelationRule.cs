@@ -101,8 +101,8 @@ public static class DecorrelationRule
     /// One step of the rule, <c>R − η·U</c>, with each block's step size η capped by <see cref="StableStepSizes"/>: the same
     /// result as <see cref="Compute"/> followed by the subtraction, without forming U. R's rows are scaled by
     /// <c>1 − η·s</c> (s the diagonal coefficients of U) and the product term is added to them by one matrix-product call
-    /// that accumulates into its output, so the D×D data are read and written a few times instead of a dozen — in wide
-    /// layers the update is bound by that memory traffic, not by its arithmetic (docs/performance.md, "Where DBP's time goes").
+    /// that accumulates into its output, so the D×D data are read and written a few times instead of a dozen; in wide
+    /// layers those passes had cost more than the update's matrix products (docs/performance.md, "Where DBP's time goes").
     /// </summary>
     /// <param name="decorrelated">Z: N×D, or G×N×d for the G blocks of a block-diagonal R.</param>
     /// <param name="matrix">R: D×D, or G×d×d.</param>
