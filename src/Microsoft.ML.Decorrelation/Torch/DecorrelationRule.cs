@@ -47,11 +47,8 @@ public static class DecorrelationRule
     private static (Tensor Update, Tensor Loss, Tensor SecondMomentNorm) Finish(Tensor variances, Tensor xTimesR, Tensor frobeniusSquared, Tensor matrix,
         double kappa, long blocks, long d)
     {
-        var deviations = variances - 1;
-        var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
-        var rowScale = deviations * kappa - variances * (1 - kappa);
-        var update = xTimesR.mul_(1 - kappa).add_(rowScale.unsqueeze(-1) * matrix);
-        var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)blocks * d * d);
+        var update = xTimesR.mul_(1 - kappa).add_(RowScale(variances, kappa).unsqueeze(-1) * matrix);
+        var loss = Loss(variances, frobeniusSquared, kappa, blocks, d);
         var norms = frobeniusSquared.sqrt().reshape(blocks);
         return (update.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), norms.MoveToOuterDisposeScope());
     }
@@ -157,21 +154,28 @@ public static class DecorrelationRule
     }
 
     /// <summary>
-    /// From diag X and ‖X‖²_F: each row's factor 1 − η·s (G×d, s as in <see cref="Finish"/>), each block's product scale −η(1−κ) (G),
+    /// From diag X and ‖X‖²_F: each row's factor 1 − η·s (G×d, s from <see cref="RowScale"/>), each block's product scale −η(1−κ) (G),
     /// the loss and the capped step sizes (float64, G).
     /// </summary>
     private static (Tensor RowFactors, Tensor ProductScale, Tensor Loss, Tensor StepSizes) Coefficients(Tensor variances, Tensor frobeniusSquared,
         double kappa, double learningRate, long blocks, long d)
     {
-        var deviations = variances - 1;
-        var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
-        var loss = (offDiagonalSquared.clamp_min(0) * (1 - kappa) + deviations.square().sum() * kappa) / ((double)blocks * d * d);
+        var loss = Loss(variances, frobeniusSquared, kappa, blocks, d);
         var stepSizes = StableStepSizes(learningRate, frobeniusSquared.sqrt().reshape(blocks));
         var eta = stepSizes.to(variances.dtype).view(blocks == 1 ? [1] : [blocks, 1]);
-        var rowScale = deviations.mul_(kappa).sub_(variances * (1 - kappa));
-        var rowFactors = rowScale.mul_(eta).neg_().add_(1);
+        var rowFactors = RowScale(variances, kappa).mul_(eta).neg_().add_(1);
         var productScale = eta.reshape(blocks).mul(-(1 - kappa));
         return (rowFactors, productScale, loss, stepSizes);
+    }
+
+    /// <summary>s = κ·(diag X − 1) − (1−κ)·diag X, the coefficients of diag(s)·R in U (a new tensor shaped like the variances).</summary>
+    private static Tensor RowScale(Tensor variances, double kappa) => (variances - 1).mul_(kappa).sub_(variances * (1 - kappa));
+
+    /// <summary>The monitoring loss ((1−κ)·ΣC² + κ·Σv²) / (G·d²) from diag X and ‖X‖²_F, summed over the blocks.</summary>
+    private static Tensor Loss(Tensor variances, Tensor frobeniusSquared, double kappa, long blocks, long d)
+    {
+        var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
+        return (offDiagonalSquared.clamp_min(0) * (1 - kappa) + (variances - 1).square().sum() * kappa) / ((double)blocks * d * d);
     }
 
     /// <summary>diag(factors)·R, block by block.</summary>
