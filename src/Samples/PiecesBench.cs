@@ -115,24 +115,26 @@ internal static class PiecesBench
             using var productGradient = randn_like(layer.EffectiveWeight().detach());
             var savedMatrix = layer.DecorrelationMatrix.clone();
 
-            var pieces = new (string Name, Func<double> Time)[]
+            // Each piece returns the times it measured; the update step measures two (statistics, then R's update),
+            // since the samples the statistics keep are the ones the update uses.
+            var pieces = new Func<(string Piece, double Ms)[]>[]
             {
-                ("plain", () => ForwardBackward(plainLayer, x, outputGradient)),
-                ("dbp", () => ForwardBackward(layer, x, outputGradient)),
-                ("product", () => Elapsed(() => { using (no_grad()) layer.EffectiveWeight(); })),
-                ("gradient", () => ProductGradient(layer, productGradient)),
-                ("statistics", () => Statistics(layer, x, savedMatrix)),
-                ("update", () => Update(layer, x, savedMatrix)),
+                () => [("plain", ForwardBackward(plainLayer, x, outputGradient))],
+                () => [("dbp", ForwardBackward(layer, x, outputGradient))],
+                () => [("product", Elapsed(() => { using (no_grad()) layer.EffectiveWeight(); }))],
+                () => [("gradient", ProductGradient(layer, productGradient))],
+                () => UpdateStep(layer, x, savedMatrix),
             };
-            var times = pieces.ToDictionary(p => p.Name, _ => new List<double>());
+            var times = new Dictionary<string, List<double>>();
             for (int round = 0; round < repetitions + repetitions / 5; round++)
             {
                 for (int k = 0; k < pieces.Length; k++)
                 {
-                    var (pieceName, time) = pieces[(k + round) % pieces.Length];
-                    double ms = time();
-                    if (round >= repetitions / 5)
-                        times[pieceName].Add(ms);
+                    foreach (var (piece, ms) in pieces[(k + round) % pieces.Length]())
+                    {
+                        if (round >= repetitions / 5)
+                            (times.TryGetValue(piece, out var list) ? list : times[piece] = []).Add(ms);
+                    }
                 }
             }
             layer.CollectStatistics = false;
@@ -168,8 +170,11 @@ internal static class PiecesBench
         return Elapsed(() => product.backward([productGradient]));
     }
 
-    /// <summary>The statistics a training forward pass keeps on an update step (the forward itself not counted).</summary>
-    private static double Statistics(DecorrelatedLayer layer, Tensor input, Tensor savedMatrix)
+    /// <summary>
+    /// One update step: the statistics a training forward pass keeps (the forward itself not counted), then R's update
+    /// from them. R is put back afterwards, so every repetition starts from the same R.
+    /// </summary>
+    private static (string Piece, double Ms)[] UpdateStep(DecorrelatedLayer layer, Tensor input, Tensor savedMatrix)
     {
         using var scope = NewDisposeScope();
         layer.CollectStatistics = true;
@@ -177,26 +182,11 @@ internal static class PiecesBench
         using (no_grad())
             layer.forward(input);
         layer.CollectStatistics = false;
-        double ms = layer.TakeStatisticsTime().TotalMilliseconds;
-        // The layer keeps no samples once they are used: update with them, then put R back.
-        layer.UpdateDecorrelation();
+        double statisticsMs = layer.TakeStatisticsTime().TotalMilliseconds;
+        double updateMs = Elapsed(() => layer.UpdateDecorrelation());
         using (no_grad())
             layer.DecorrelationMatrix.copy_(savedMatrix);
-        return ms;
-    }
-
-    /// <summary>R's update from freshly kept samples; R is put back afterwards, so every repetition updates the same R.</summary>
-    private static double Update(DecorrelatedLayer layer, Tensor input, Tensor savedMatrix)
-    {
-        using var scope = NewDisposeScope();
-        layer.CollectStatistics = true;
-        using (no_grad())
-            layer.forward(input);
-        layer.CollectStatistics = false;
-        double ms = Elapsed(() => layer.UpdateDecorrelation());
-        using (no_grad())
-            layer.DecorrelationMatrix.copy_(savedMatrix);
-        return ms;
+        return [("statistics", statisticsMs), ("update", updateMs)];
     }
 
     private static string Invariant(long value) => value.ToString(CultureInfo.InvariantCulture);
