@@ -196,16 +196,43 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
-    public void CrossValidatedSearchRanksByTheMeanOfTheFoldsAndReturnsTheBestFoldsModel()
+    public void CrossValidatedSearchRanksByTheMeanOfTheFoldsReturnsTheBestFoldsModelAndLoadsBackFromItsJournal()
     {
         var ml = new MLContext(seed: 1);
         var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 360));
         var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
-        var result = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+        string folder = Directory.CreateTempSubdirectory("dbp-folds").FullName;
+        try
         {
-            MaxTrials = 2, MinEpochs = 1, MaxEpochs = 1, ReductionFactor = 2, Seed = 4, SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
-        }).Execute(data, folds: 3);
-        using var best = result.BestModel;
+            var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+            {
+                MaxTrials = 2, MinEpochs = 1, MaxEpochs = 1, ReductionFactor = 2, Seed = 4, SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
+                Storage = Path.Combine(folder, "study.sqlite"),
+            });
+            var result = experiment.Execute(data, folds: 3);
+            using var best = result.BestModel;
+            AssertBestFoldAndMeanOfFolds(ml, data, result, best);
+
+            // The study loaded back from its journal, as a report process would: the same trials, the same best model.
+            var loaded = experiment.LoadResult(data, folds: 3);
+            using var loadedBest = loaded.BestModel;
+            Assert.AreEqual(result.BestTrial.Trial, loaded.BestTrial.Trial);
+            CollectionAssert.AreEqual(result.Trials.Select(t => t.Metric).ToArray(), loaded.Trials.Select(t => t.Metric).ToArray());
+            AssertBestFoldAndMeanOfFolds(ml, data, loaded, loadedBest);
+            var otherFolds = Assert.ThrowsExactly<InvalidOperationException>(() => experiment.LoadResult(data, folds: 2));
+            StringAssert.Contains(otherFolds.Message, "belongs to another study");
+            StringAssert.Contains(otherFolds.Message, "3-fold cross-validation");
+            Assert.ThrowsExactly<InvalidOperationException>(() => experiment.LoadResult(data, validationFraction: 0.25));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings()).Execute(data, folds: 1));
+    }
+
+    private static void AssertBestFoldAndMeanOfFolds(MLContext ml, IDataView data, ExperimentResult result, DecorrelatedImageClassificationTransformer best)
+    {
 
         // Each fold trained alone with the trial's options: the trial's metric is their mean, the model the best fold's.
         var folds = ml.Data.CrossValidationSplit(data, 3, seed: 4);
@@ -223,7 +250,6 @@ public class SuccessiveHalvingTests
         Assert.AreEqual(accuracies.Average(), trial.Metric, 1e-9);
         int bestFold = Array.IndexOf(accuracies, accuracies.Max());
         Assert.AreEqual(accuracies[bestFold], ml.MulticlassClassification.Evaluate(best.Transform(folds[bestFold].TestSet)).MicroAccuracy, 1e-9, "the best fold's model");
-        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings()).Execute(data, folds: 1));
     }
 
     [TestMethod]

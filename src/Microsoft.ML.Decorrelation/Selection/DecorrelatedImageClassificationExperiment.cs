@@ -125,9 +125,7 @@ public sealed class DecorrelatedImageClassificationExperiment
     public ExperimentResult Execute(IDataView data, double validationFraction, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(data);
-        if (!(validationFraction > 0 && validationFraction < 1))
-            throw new ArgumentOutOfRangeException(nameof(validationFraction), validationFraction, "The validation fraction must lie in (0, 1).");
-        var split = _context.Data.TrainTestSplit(data, validationFraction, seed: _settings.Seed);
+        var split = SplitForValidation(data, validationFraction);
         return Execute(split.TrainSet, split.TestSet, cancellation);
     }
 
@@ -142,10 +140,21 @@ public sealed class DecorrelatedImageClassificationExperiment
     public ExperimentResult Execute(IDataView data, int folds, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(data);
+        return Execute(SplitIntoFolds(data, folds), cancellation);
+    }
+
+    private DataOperationsCatalog.TrainTestData SplitForValidation(IDataView data, double validationFraction)
+    {
+        if (!(validationFraction > 0 && validationFraction < 1))
+            throw new ArgumentOutOfRangeException(nameof(validationFraction), validationFraction, "The validation fraction must lie in (0, 1).");
+        return _context.Data.TrainTestSplit(data, validationFraction, seed: _settings.Seed);
+    }
+
+    private List<(IDataView Train, IDataView Validation)> SplitIntoFolds(IDataView data, int folds)
+    {
         if (folds < 2)
             throw new ArgumentOutOfRangeException(nameof(folds), folds, "Cross-validation needs at least 2 folds.");
-        var splits = _context.Data.CrossValidationSplit(data, folds, seed: _settings.Seed).Select(f => (f.TrainSet, f.TestSet)).ToList();
-        return Execute(splits, cancellation);
+        return _context.Data.CrossValidationSplit(data, folds, seed: _settings.Seed).Select(f => (f.TrainSet, f.TestSet)).ToList();
     }
 
     /// <summary>
@@ -243,7 +252,7 @@ public sealed class DecorrelatedImageClassificationExperiment
     /// <summary>
     /// The study in <see cref="Settings.Storage"/> as it stands, without running anything: every trial, whichever worker
     /// ran it, and the best model so far. For the process that reports on a study its workers (other processes, a cluster's
-    /// jobs) have run.
+    /// jobs) have run with <see cref="Execute(IDataView, IDataView, CancellationToken)"/>.
     /// </summary>
     /// <param name="train">The training rows the study was run with (they identify the study).</param>
     /// <param name="validation">The validation rows the study was run with.</param>
@@ -252,12 +261,45 @@ public sealed class DecorrelatedImageClassificationExperiment
     {
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
+        return LoadResult(Describe(train, validation));
+    }
+
+    /// <summary>
+    /// The study run with <see cref="Execute(IDataView, double, CancellationToken)"/> on <paramref name="data"/>, as it
+    /// stands (see <see cref="LoadResult(IDataView, IDataView)"/>).
+    /// </summary>
+    /// <param name="data">The rows the study was run with.</param>
+    /// <param name="validationFraction">The fraction of them the study validated on.</param>
+    /// <exception cref="InvalidOperationException">There is no journal, it belongs to another study, or no trial has finished its full run.</exception>
+    public ExperimentResult LoadResult(IDataView data, double validationFraction)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        var split = SplitForValidation(data, validationFraction);
+        return LoadResult(split.TrainSet, split.TestSet);
+    }
+
+    /// <summary>
+    /// The study run with <see cref="Execute(IDataView, int, CancellationToken)"/> on <paramref name="data"/>, as it stands
+    /// (see <see cref="LoadResult(IDataView, IDataView)"/>): its best model is the best trial's model of its best fold.
+    /// </summary>
+    /// <param name="data">The rows the study was run with.</param>
+    /// <param name="folds">The number of folds it was run with.</param>
+    /// <exception cref="InvalidOperationException">There is no journal, it belongs to another study (other data or folds), or no trial has finished its full run.</exception>
+    public ExperimentResult LoadResult(IDataView data, int folds)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        var splits = SplitIntoFolds(data, folds);
+        return LoadResult(Describe(splits[0].Train, splits[0].Validation, splits.Count));
+    }
+
+    private ExperimentResult LoadResult(Dictionary<string, string> description)
+    {
         if (_settings.Storage is not { } text)
             throw new InvalidOperationException("LoadResult reads a study's journal: set Settings.Storage.");
         var storage = StudyStorage.Parse(text, _settings.StudyName);
         if (storage.FilePath is { } path && !File.Exists(path))
             throw new InvalidOperationException($"The study journal '{path}' does not exist: no worker has run this study yet.");
-        using var journal = StudyJournal.Open(storage, Describe(train, validation));
+        using var journal = StudyJournal.Open(storage, description);
         return Result(journal, _settings.WorkFolder ?? storage.FilePath + ".work", TimeSpan.Zero);
     }
 
