@@ -143,7 +143,11 @@ internal sealed class Bench(IAnsiConsole console)
             Description = "DBP: leave plain the layers whose input size D exceeds this; comma-separated values (\"all\" = every layer) give one DBP arm each.",
             DefaultValueFactory = _ => "all",
         };
-        var maxBlockSize = new Option<int?>("--max-block-size") { Description = "DBP: block-diagonal R, blocks of at most this size, in layers whose D exceeds it." };
+        var maxBlockSize = new Option<int>("--max-block-size")
+        {
+            Description = "DBP: block-diagonal R, blocks of at most this size, in layers whose D exceeds it; 0 = full R.",
+            DefaultValueFactory = _ => defaults.Decorrelation.MaxBlockSize ?? 0,
+        };
         var backpropOnly = new Option<bool>("--backprop-only") { Description = "Time only backprop arms (to compare TorchSharp with build/bench_pytorch.py)." };
         var data = new Option<string?>("--data") { Description = "Folder with the Fashion-MNIST IDX files." };
         var json = new Option<string?>("--json") { Description = "Write every figure and series to this JSON file." };
@@ -188,7 +192,7 @@ internal sealed class Bench(IAnsiConsole console)
                 {
                     LearningRate = result.GetValue(etaR), FollowLearningRateSchedule = !result.GetValue(constantEtaR), Kappa = result.GetValue(kappa), UpdateInterval = result.GetValue(interval),
                     ConvolutionSampleFraction = result.GetValue(convFraction), LinearSampleFraction = result.GetValue(linearFraction),
-                    MaxBlockSize = result.GetValue(maxBlockSize),
+                    MaxBlockSize = result.GetValue(maxBlockSize) is > 0 and var block ? block : null,
                 },
                 MaxInputSizes = result.GetValue(backpropOnly) ? [] : result.GetValue(maxInputSize)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                     .Select(v => v == "all" ? (int?)null : int.Parse(v, CultureInfo.InvariantCulture)).ToArray(),

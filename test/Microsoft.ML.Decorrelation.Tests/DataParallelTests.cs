@@ -92,7 +92,7 @@ public class DataParallelTests : TempFolderTest
         int matrices = 0;
         foreach (var (name, value) in expected.Where(p => p.Key.EndsWith("decorrelation_matrix", StringComparison.Ordinal)))
         {
-            var identity = eye(value.shape[0]);
+            var identity = eye(value.shape[^1]);   // broadcast over the blocks of a block-diagonal R
             double ranks = RelativeDifference(actual[name] - identity, value - identity);
             double threads = RelativeDifference(reordered[name] - identity, value - identity);
             Console.WriteLine($"{name}: R − I over 2 ranks against 1 process {ranks:E2}; 1 thread against 2 threads {threads:E2}");

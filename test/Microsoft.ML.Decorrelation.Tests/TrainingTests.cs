@@ -51,7 +51,7 @@ public class TrainingTests
             controller.BeginStep();
             network.forward(batch);
             double learned = layer.PendingDecorrelationLoss();
-            layer.DecorrelationMatrix.copy_(eye(layer.InputSize));
+            layer.DecorrelationMatrix.copy_(eye(layer.BlockSize));   // broadcast over the blocks of a block-diagonal R
             network.forward(batch);
             double identity = layer.PendingDecorrelationLoss();
             layer.DecorrelationMatrix.copy_(learnedR);
@@ -70,7 +70,7 @@ public class TrainingTests
             Seed = 7,
             Threads = 2,
             // Every step, with the paper's sample fractions: this test is about the algorithm, not the fast defaults.
-            Decorrelation = new DecorrelationOptions { LearningRate = 1e-2, UpdateInterval = 1, ConvolutionSampleFraction = 0.1, LinearSampleFraction = 1 },
+            Decorrelation = new DecorrelationOptions { LearningRate = 1e-2, UpdateInterval = 1, ConvolutionSampleFraction = 0.1, LinearSampleFraction = 1, MaxBlockSize = null },
         };
         var trainer = new NetworkTrainer(options);
         using var plain = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: false);
@@ -99,7 +99,8 @@ public class TrainingTests
     public void ShippedDefaultsDecorrelateEveryLayerTenfold()
     {
         // Exactly what a user of the trainer gets without setting an option: η_R 8e-3 per update every 4 steps, sample
-        // fractions 0.03 and 0.25, η_R following the step schedule, 6 epochs at batch 128.
+        // fractions 0.03 and 0.25, η_R following the step schedule, blocks of R at most 576 (the classifier's R is two
+        // blocks), 6 epochs at batch 128.
         var defaults = new DecorrelatedImageClassificationTrainer.Options();
         var options = DecorrelatedImageClassificationTrainer.EngineOptions(defaults, seed: 5, CPU);
         Assert.AreEqual(8e-3, options.Decorrelation!.LearningRate);
@@ -107,6 +108,7 @@ public class TrainingTests
         Assert.AreEqual(0.03, options.Decorrelation.ConvolutionSampleFraction);
         Assert.AreEqual(0.25, options.Decorrelation.LinearSampleFraction);
         Assert.IsTrue(options.Decorrelation.FollowLearningRateSchedule);
+        Assert.AreEqual(576, options.Decorrelation.MaxBlockSize);
         Assert.AreEqual(LearningRateSchedule.Step, options.Schedule);
 
         using var network = NetworkTrainer.CreateNetwork(SmallCnn, options, decorrelated: true);
@@ -114,6 +116,7 @@ public class TrainingTests
         using var batch = _train.Images.narrow(0, 0, 256).clone();
         var losses = LossesAgainstIdentity(network, batch);
         CollectionAssert.AreEqual(new[] { "conv1", "conv2", "conv3", "classifier" }, losses.Keys.ToArray(), "every layer is decorrelated at 28×28");
+        CollectionAssert.AreEqual(new long[] { 2, 576, 576 }, network.modules().OfType<DecorrelatedLayer>().Last().DecorrelationMatrix.shape, "the classifier's R (D = 1152)");
         foreach (var (layer, (learned, identity)) in losses)
             Console.WriteLine($"{layer}: decorrelation loss {learned:E3} learned, {identity:E3} with R = I ({identity / learned:F1}x)");
         foreach (var (layer, (learned, identity)) in losses)
