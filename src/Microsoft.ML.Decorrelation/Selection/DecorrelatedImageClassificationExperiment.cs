@@ -270,6 +270,7 @@ public sealed class DecorrelatedImageClassificationExperiment
     /// </summary>
     /// <param name="data">The rows the study was run with.</param>
     /// <param name="validationFraction">The fraction of them the study validated on.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="validationFraction"/> is not in (0, 1).</exception>
     /// <exception cref="InvalidOperationException">There is no journal, it belongs to another study, or no trial has finished its full run.</exception>
     public ExperimentResult LoadResult(IDataView data, double validationFraction)
     {
@@ -284,6 +285,7 @@ public sealed class DecorrelatedImageClassificationExperiment
     /// </summary>
     /// <param name="data">The rows the study was run with.</param>
     /// <param name="folds">The number of folds it was run with.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="folds"/> is less than 2.</exception>
     /// <exception cref="InvalidOperationException">There is no journal, it belongs to another study (other data or folds), or no trial has finished its full run.</exception>
     public ExperimentResult LoadResult(IDataView data, int folds)
     {
