@@ -211,14 +211,17 @@ public class SuccessiveHalvingTests
             });
             var result = experiment.Execute(data, folds: 3);
             using var best = result.BestModel;
-            AssertBestFoldAndMeanOfFolds(ml, data, result, best);
+            // Each fold trained alone with the best trial's options: the trial's metric is their mean, the model the best fold's.
+            var folds = ml.Data.CrossValidationSplit(data, 3, seed: 4);
+            var accuracies = FoldAccuraciesTrainedAlone(ml, folds, result.BestTrial);
+            AssertMeanOfFoldsAndBestFoldsModel(ml, folds, accuracies, result.BestTrial, best);
 
             // The study loaded back from its journal, as a report process would: the same trials, the same best model.
             var loaded = experiment.LoadResult(data, folds: 3);
             using var loadedBest = loaded.BestModel;
             Assert.AreEqual(result.BestTrial.Trial, loaded.BestTrial.Trial);
             CollectionAssert.AreEqual(result.Trials.Select(t => t.Metric).ToArray(), loaded.Trials.Select(t => t.Metric).ToArray());
-            AssertBestFoldAndMeanOfFolds(ml, data, loaded, loadedBest);
+            AssertMeanOfFoldsAndBestFoldsModel(ml, folds, accuracies, loaded.BestTrial, loadedBest);   // the same trial, so the same folds trained alone
             var otherFolds = Assert.ThrowsExactly<InvalidOperationException>(() => experiment.LoadResult(data, folds: 2));
             StringAssert.Contains(otherFolds.Message, "belongs to another study");
             StringAssert.Contains(otherFolds.Message, "3-fold cross-validation");
@@ -231,21 +234,22 @@ public class SuccessiveHalvingTests
         Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings()).Execute(data, folds: 1));
     }
 
-    private static void AssertBestFoldAndMeanOfFolds(MLContext ml, IDataView data, ExperimentResult result, DecorrelatedImageClassificationTransformer best)
+    private static double[] FoldAccuraciesTrainedAlone(MLContext ml, IReadOnlyList<DataOperationsCatalog.TrainTestData> folds, TrialRecord trial)
     {
-
-        // Each fold trained alone with the trial's options: the trial's metric is their mean, the model the best fold's.
-        var folds = ml.Data.CrossValidationSplit(data, 3, seed: 4);
-        var trial = result.BestTrial;
         var options = trial.Configuration.Apply(new DecorrelatedImageClassificationTrainer.Options());
         options.MaxEpoch = 1;
         options.Seed = 4 + trial.Trial;
-        var accuracies = folds.Select(fold =>
+        return folds.Select(fold =>
         {
             options.ValidationSet = fold.TestSet;
             using var model = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(fold.TrainSet);
             return ml.MulticlassClassification.Evaluate(model.Transform(fold.TestSet)).MicroAccuracy;
         }).ToArray();
+    }
+
+    private static void AssertMeanOfFoldsAndBestFoldsModel(MLContext ml, IReadOnlyList<DataOperationsCatalog.TrainTestData> folds, double[] accuracies,
+        TrialRecord trial, DecorrelatedImageClassificationTransformer best)
+    {
         Assert.AreEqual(accuracies.Average(), trial.ValidationAccuracy, 1e-9, string.Join(", ", accuracies));
         Assert.AreEqual(accuracies.Average(), trial.Metric, 1e-9);
         int bestFold = Array.IndexOf(accuracies, accuracies.Max());
