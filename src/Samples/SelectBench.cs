@@ -21,35 +21,38 @@ internal static class SelectBench
         var time = new Option<string>("--time") { Description = "Budget of each search (90s, 5m, 1h).", DefaultValueFactory = _ => "5m" };
         var trials = new Option<int>("--trials") { Description = "Trials to start at most.", DefaultValueFactory = _ => 8 };
         var minEpochs = new Option<int>("--min-epochs") { DefaultValueFactory = _ => 1, Description = "Epochs of the lowest rung." };
-        var maxEpochs = new Option<int>("--max-epochs") { DefaultValueFactory = _ => 3, Description = "Epochs of a full run." };
+        var maxEpochs = new Option<string>("--max-epochs") { DefaultValueFactory = _ => "3", Description = "Epochs of a full run, or a comma-separated list to search over." };
+        var firstSeed = new Option<int>("--first-seed") { DefaultValueFactory = _ => 0, Description = "The first seed (to add seeds to an earlier run)." };
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images." };
         var data = new Option<string?>("--data") { Description = "A folder with the four Fashion-MNIST IDX files." };
         var report = new Option<string>("--report") { Description = "Folder for the journals and results.json.", DefaultValueFactory = _ => "select-bench" };
         var command = new System.CommandLine.Command("select-bench", "DBP-enabled search against a backprop-only search under equal time budgets.")
         {
-            seeds, time, trials, minEpochs, maxEpochs, limit, data, report,
+            seeds, firstSeed, time, trials, minEpochs, maxEpochs, limit, data, report,
         };
         command.SetAction(result => Run(AnsiConsole.Console, result.GetValue(seeds), SelectCommand.ParseMinutes(result.GetValue(time)!), result.GetValue(trials),
-            result.GetValue(minEpochs), result.GetValue(maxEpochs), result.GetValue(limit), result.GetValue(data), result.GetValue(report)!));
+            result.GetValue(minEpochs), SelectCommand.ParseEpochs(result.GetValue(maxEpochs)!), result.GetValue(limit), result.GetValue(data), result.GetValue(report)!,
+            result.GetValue(firstSeed)));
         return command;
     }
 
     private sealed record SearchOutcome(string Space, int Seed, double BestValidation, double TestAccuracy, int BestTrial, bool BestIsDbp, int Trials, int RungsRun,
         int EpochsRun, double Minutes, double JournalMsPerRung, (double Minutes, double Best)[] Timeline);
 
-    internal static int Run(IAnsiConsole console, int seeds, double minutes, int trials, int minEpochs, int maxEpochs, int? limit, string? dataFolder, string reportFolder)
+    internal static int Run(IAnsiConsole console, int seeds, double minutes, int trials, int minEpochs, int[] maxEpochs, int? limit, string? dataFolder, string reportFolder,
+        int firstSeed = 0)
     {
         if (!console.Profile.Capabilities.Interactive)
             console.Profile.Width = Math.Max(console.Profile.Width, 180);   // a log file gets the whole table
         var ml = new MLContext(seed: 0);
-        var (train, validation, testSet, description) = SelectCommand.LoadData(ml, new SelectSettings { Limit = limit, DataFolder = dataFolder });
+        var (train, validation, _, testSet, description) = SelectCommand.LoadData(ml, new SelectSettings { Limit = limit, DataFolder = dataFolder });
         var test = testSet!;
         Directory.CreateDirectory(reportFolder);
-        console.MarkupLineInterpolated($"CPU: {MachineInfo.CpuModel()}; data: {description}; each search {minutes:0.##} min, {trials} trials, rungs {minEpochs}..{maxEpochs} epochs.");
+        console.MarkupLineInterpolated($"CPU: {MachineInfo.CpuModel()}; data: {description}; each search {minutes:0.##} min, {trials} trials, rungs {minEpochs}..{maxEpochs.Max()} epochs, full runs of {string.Join(" or ", maxEpochs)} epochs.");
 
         var outcomes = new List<SearchOutcome>();
         var plainChecks = new List<(int Seed, double Search, double Plain)>();
-        for (int seed = 0; seed < seeds; seed++)
+        for (int seed = firstSeed; seed < firstSeed + seeds; seed++)
         {
             // Alternate which search goes first, so neither always meets a warmer machine.
             var spaces = seed % 2 == 0 ? new[] { "DBP+backprop", "backprop only" } : ["backprop only", "DBP+backprop"];
@@ -60,8 +63,8 @@ internal static class SelectBench
                     File.Delete(stale);
                 var settings = new DecorrelatedImageClassificationExperiment.Settings
                 {
-                    MaxTrials = trials, MinEpochs = minEpochs, MaxEpochs = maxEpochs, TimeBudget = TimeSpan.FromMinutes(minutes), Seed = seed, Storage = journal,
-                    SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = space == "backprop only" ? [false] : [true, false] },
+                    MaxTrials = trials, MinEpochs = minEpochs, TimeBudget = TimeSpan.FromMinutes(minutes), Seed = seed, Storage = journal,
+                    SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = space == "backprop only" ? [false] : [true, false], MaxEpoch = maxEpochs },
                     Progress = t => { if (t.State != TrialState.Running) console.MarkupLineInterpolated($"  [grey]{space}, seed {seed}: {t}[/]"); },
                 };
                 var start = DateTimeOffset.UtcNow;
@@ -82,7 +85,6 @@ internal static class SelectBench
                 {
                     // The best trial went through the rungs (stopped, resumed from checkpoints): a plain Fit of its options must end at the same accuracy.
                     var options = result.BestTrial.Configuration.Apply(new DecorrelatedImageClassificationTrainer.Options());
-                    options.MaxEpoch = maxEpochs;
                     options.Seed = seed + result.BestTrial.Trial;
                     options.ValidationSet = validation;
                     using var plain = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(train);
@@ -116,13 +118,13 @@ internal static class SelectBench
         // Paired by seed (the two searches of a seed draw the same trial settings but the method): the median of the differences.
         double gain = 100 * Bench.Median(outcomes.GroupBy(o => o.Seed).Select(g => g.Single(o => o.Space == "DBP+backprop").TestAccuracy - g.Single(o => o.Space == "backprop only").TestAccuracy));
         double? reachRatio = Bench.Median(reachRatios);
-        console.MarkupLine(Markup.Escape($"Medians over {seeds} seeds: test accuracy of the returned model {Median("DBP+backprop", o => o.TestAccuracy):P2} (DBP+backprop) vs {Median("backprop only", o => o.TestAccuracy):P2} (backprop only), median per-seed gain {gain:+0.00;-0.00} points; " +
+        console.MarkupLine(Markup.Escape($"Medians over {seeds} seed(s): test accuracy of the returned model {Median("DBP+backprop", o => o.TestAccuracy):P2} (DBP+backprop) vs {Median("backprop only", o => o.TestAccuracy):P2} (backprop only), median per-seed gain {gain:+0.00;-0.00} points; " +
             $"the DBP-enabled search reached the backprop-only best in {(reachRatio is double ratio ? $"{ratio:F2}×" : "(not reached in most seeds)")} the backprop-only search's time to it."));
         console.MarkupLineInterpolated($"Goal (+0.5 points, or at most half the time): {(gain >= 0.5 || reachRatio <= 0.5 ? "MET" : "NOT MET")}.");
         console.MarkupLineInterpolated($"Promoted trials against plain runs: {string.Join("; ", plainChecks.Select(c => $"seed {c.Seed}: search {c.Search:P2}, plain {c.Plain:P2}"))}.");
         File.WriteAllText(Path.Combine(reportFolder, "results.json"), JsonSerializer.Serialize(new
         {
-            cpu = MachineInfo.CpuModel(), minutes, trials, minEpochs, maxEpochs, seeds,
+            cpu = MachineInfo.CpuModel(), minutes, trials, minEpochs, maxEpochs, seeds, firstSeed,
             outcomes = outcomes.Select(o => new { o.Space, o.Seed, o.BestValidation, o.TestAccuracy, o.BestTrial, o.BestIsDbp, o.Trials, o.RungsRun, o.EpochsRun, o.Minutes, o.JournalMsPerRung,
                 Timeline = o.Timeline.Select(p => new[] { p.Minutes, p.Best }) }),
             testAccuracyGainPoints = gain, reachTimeRatio = reachRatio,

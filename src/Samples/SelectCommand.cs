@@ -13,7 +13,8 @@ internal sealed record SelectSettings
     public double Minutes { get; init; } = 10;
     public int Trials { get; init; } = 9;
     public int MinEpochs { get; init; } = 1;
-    public int MaxEpochs { get; init; } = 6;
+    public int[] MaxEpochs { get; init; } = [6];
+    public int Folds { get; init; }
     public int? Limit { get; init; }
     public string? DataFolder { get; init; }
     public DirectoryInfo? Images { get; init; }
@@ -50,7 +51,8 @@ internal static class SelectCommand
     {
         var minutes = new Option<string>("--time") { Description = "Time budget: minutes, or with a unit (90s, 10m, 1h).", DefaultValueFactory = _ => "10m" };
         var trials = new Option<int>("--trials") { Description = "Trials to start at most.", DefaultValueFactory = _ => 9 };
-        var maxEpochs = new Option<int>("--max-epochs") { Description = "Epochs of a full run (the top rung).", DefaultValueFactory = _ => 6 };
+        var maxEpochs = new Option<string>("--max-epochs") { Description = "Epochs of a full run, or a comma-separated list to search over (the longest is the top rung).", DefaultValueFactory = _ => "6" };
+        var folds = new Option<int>("--folds") { Description = "Rank the trials by k-fold cross-validation over all labelled images instead of a 10 % validation split (0: the split)." };
         var minEpochs = new Option<int>("--min-epochs") { Description = "Epochs of the lowest rung.", DefaultValueFactory = _ => 1 };
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images (10 % of them validate)." };
         var data = new Option<string?>("--data") { Description = "A folder with the four Fashion-MNIST IDX files." };
@@ -73,7 +75,7 @@ internal static class SelectCommand
         var methods = new Option<string>("--methods") { Description = "Training methods in the search space: both, dbp or backprop.", DefaultValueFactory = _ => "both" };
         var command = new System.CommandLine.Command("select", "Search DBP and backprop configurations by successive halving within a time budget.")
         {
-            minutes, trials, maxEpochs, minEpochs, limit, data, images, size, report, workers, worker, summarize, journal, storage, study, work, lease, kubernetes, slurm, image, metric, seed, methods,
+            minutes, trials, maxEpochs, minEpochs, folds, limit, data, images, size, report, workers, worker, summarize, journal, storage, study, work, lease, kubernetes, slurm, image, metric, seed, methods,
         };
         command.SetAction(result => result.GetValue(kubernetes) is { } manifest
             ? WriteKubernetesJob(AnsiConsole.Console, manifest, result.GetValue(image)!, result.GetValue(workers), result.GetValue(study)!, Environment.GetCommandLineArgs().Skip(1).ToArray())
@@ -82,7 +84,8 @@ internal static class SelectCommand
                 result.GetValue(work), result.GetValue(report)!, Environment.GetCommandLineArgs().Skip(1).ToArray())
             : Run(AnsiConsole.Console, new SelectSettings
         {
-            Minutes = ParseMinutes(result.GetValue(minutes)!), Trials = result.GetValue(trials), MinEpochs = result.GetValue(minEpochs), MaxEpochs = result.GetValue(maxEpochs),
+            Minutes = ParseMinutes(result.GetValue(minutes)!), Trials = result.GetValue(trials), MinEpochs = result.GetValue(minEpochs), MaxEpochs = ParseEpochs(result.GetValue(maxEpochs)!),
+            Folds = result.GetValue(folds),
             Limit = result.GetValue(limit), DataFolder = result.GetValue(data), Images = result.GetValue(images), Size = result.GetValue(size),
             ReportFolder = result.GetValue(report)!, Workers = result.GetValue(workers), IsWorker = result.GetValue(worker), SummarizeOnly = result.GetValue(summarize), Journal = result.GetValue(journal),
             Storage = result.GetValue(storage), Study = result.GetValue(study)!, WorkFolder = result.GetValue(work),
@@ -156,6 +159,16 @@ internal static class SelectCommand
         };
     }
 
+    /// <summary>"6" or "4,6": the epochs of a full run to search over.</summary>
+    internal static int[] ParseEpochs(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        var epochs = parts.Select(p => int.TryParse(p, NumberStyles.None, CultureInfo.InvariantCulture, out int e) && e > 0 ? e : 0).ToArray();
+        if (epochs.Length == 0 || epochs.Contains(0))
+            throw new ArgumentException($"--max-epochs '{text}' is not a positive number of epochs or a comma-separated list of them, such as 6 or 4,6.");
+        return epochs.Distinct().Order().ToArray();
+    }
+
     private static bool[] ParseMethods(string text) => text switch
     {
         "both" => [true, false],
@@ -178,24 +191,28 @@ internal static class SelectCommand
             if (e.Kind == Runtime.ChannelMessageKind.Warning && e.Source.Contains(nameof(DecorrelatedImageClassificationExperiment), StringComparison.Ordinal))
                 console.MarkupLineInterpolated($"[yellow]{e.RawMessage}[/]");
         };
-        var (train, validation, test, description) = LoadData(ml, settings);
+        if (settings.Folds is < 0 or 1)
+            throw new ArgumentException($"--folds {settings.Folds}: cross-validation needs at least 2 folds (0 for a validation split).");
+        var (train, validation, all, test, description) = LoadData(ml, settings);
         if (settings.IsWorker)
             console.MarkupLineInterpolated($"Worker {Environment.MachineName}/{Environment.ProcessId}{SchedulerTask()} of study '{settings.Study}'; data: {description}.");
         else
-            console.MarkupLineInterpolated($"Data: {description}; budget {settings.Minutes:0.##} min, {settings.Trials} trials, rungs from {settings.MinEpochs} to {settings.MaxEpochs} epochs, {settings.Workers} worker(s), optimizing {settings.Metric}.");
+            console.MarkupLineInterpolated($"Data: {description}; budget {settings.Minutes:0.##} min, {settings.Trials} trials, rungs from {settings.MinEpochs} to {settings.MaxEpochs.Max()} epochs (full runs of {string.Join(" or ", settings.MaxEpochs)}), {settings.Workers} worker(s), optimizing {settings.Metric}{(settings.Folds > 1 ? $" by {settings.Folds}-fold cross-validation" : "")}.");
         Directory.CreateDirectory(settings.ReportFolder);
         var experimentSettings = new DecorrelatedImageClassificationExperiment.Settings
         {
-            MaxTrials = settings.Trials, MinEpochs = settings.MinEpochs, MaxEpochs = settings.MaxEpochs, TimeBudget = TimeSpan.FromMinutes(settings.Minutes),
+            MaxTrials = settings.Trials, MinEpochs = settings.MinEpochs, TimeBudget = TimeSpan.FromMinutes(settings.Minutes),
             OptimizingMetric = settings.Metric, Seed = settings.Seed, Storage = settings.StudyStorage, StudyName = settings.Study,
             WorkFolder = settings.StudyWorkFolder, Lease = TimeSpan.FromMinutes(settings.LeaseMinutes),
-            SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = settings.Methods },
+            SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = settings.Methods, MaxEpoch = settings.MaxEpochs },
         };
+        ExperimentResult LoadStudy(DecorrelatedImageClassificationExperiment experiment)
+            => settings.Folds > 1 ? experiment.LoadResult(all, settings.Folds) : experiment.LoadResult(train, validation);
         if (settings.SummarizeOnly)
         {
             if (settings.StudyStorage is null)
                 throw new ArgumentException("--summarize reads a study: give --storage or --journal.");
-            var study = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).LoadResult(train, validation);
+            var study = LoadStudy(new DecorrelatedImageClassificationExperiment(ml, experimentSettings));
             using (study.BestModel)
                 WriteReport(console, ml, settings, study, train, test);
             return 0;
@@ -207,7 +224,7 @@ internal static class SelectCommand
         ExperimentResult? result = null;
         try
         {
-            result = Search(console, ml, settings, experimentSettings, train, validation);
+            result = Search(console, ml, settings, experimentSettings, train, validation, all);
             console.MarkupLineInterpolated($"This worker: {result.RungsRun} rung results in {result.Duration.TotalSeconds:F0} s; journal {result.JournalTime.TotalMilliseconds / Math.Max(1, result.RungsRun):F1} ms per rung result.");
         }
         catch (InvalidOperationException e) when (others.Count > 0)
@@ -230,7 +247,7 @@ internal static class SelectCommand
         if (others.Count > 0)
         {
             result?.BestModel.Dispose();
-            result = new DecorrelatedImageClassificationExperiment(ml, experimentSettings).LoadResult(train, validation);
+            result = LoadStudy(new DecorrelatedImageClassificationExperiment(ml, experimentSettings));
         }
         using (result!.BestModel)
         {
@@ -242,8 +259,13 @@ internal static class SelectCommand
 
     /// <summary>Runs this process's worker: under a live leaderboard on a terminal, one line per rung result otherwise.</summary>
     private static ExperimentResult Search(IAnsiConsole console, MLContext ml, SelectSettings settings, DecorrelatedImageClassificationExperiment.Settings experimentSettings,
-        IDataView train, IDataView validation)
+        IDataView train, IDataView validation, IDataView all)
     {
+        ExperimentResult Execute()
+        {
+            var experiment = new DecorrelatedImageClassificationExperiment(ml, experimentSettings);
+            return settings.Folds > 1 ? experiment.Execute(all, settings.Folds) : experiment.Execute(train, validation);
+        }
         if (!console.Profile.Capabilities.Interactive || settings.IsWorker)
         {
             experimentSettings.Progress = trial =>
@@ -251,7 +273,7 @@ internal static class SelectCommand
                 if (trial.State != TrialState.Running)
                     console.MarkupLineInterpolated($"{trial}");
             };
-            return new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
+            return Execute();
         }
         // A live leaderboard, redrawn whenever a trial of any worker changes.
         var trials = new SortedDictionary<int, TrialRecord>();
@@ -265,7 +287,7 @@ internal static class SelectCommand
                     live.UpdateTarget(Leaderboard(trials.Values, settings.Metric));
                 }
             };
-            return new DecorrelatedImageClassificationExperiment(ml, experimentSettings).Execute(train, validation);
+            return Execute();
         });
     }
 
@@ -280,8 +302,8 @@ internal static class SelectCommand
         return "";
     }
 
-    /// <summary>Training and validation rows (10 % held out), an optional test set, and a description of the data.</summary>
-    internal static (IDataView Train, IDataView Validation, IDataView? Test, string Description) LoadData(MLContext ml, SelectSettings settings)
+    /// <summary>Training and validation rows (10 % held out), both together (for cross-validation), an optional test set, and a description of the data.</summary>
+    internal static (IDataView Train, IDataView Validation, IDataView All, IDataView? Test, string Description) LoadData(MLContext ml, SelectSettings settings)
     {
         if (settings.Images is { } folder)
         {
@@ -292,13 +314,14 @@ internal static class SelectCommand
             var pixels = ml.Transforms.Conversion.MapValueToKey("Label")
                 .Append(ImageFolderCommands.PixelPipeline(ml, "Features", channels: 3, settings.Size, settings.Size)).Fit(all).Transform(all);
             var split = ml.Data.TrainTestSplit(pixels, 0.1, seed: settings.Seed);
-            return (split.TrainSet, split.TestSet, null, $"{folder.FullName}: {rows.Length} images in {rows.Select(r => r.Label).Distinct().Count()} classes, {settings.Size}×{settings.Size} RGB, 10 % validate");
+            return (split.TrainSet, split.TestSet, pixels, null, $"{folder.FullName}: {rows.Length} images in {rows.Select(r => r.Label).Distinct().Count()} classes, {settings.Size}×{settings.Size} RGB, 10 % validate");
         }
         var source = new FashionMnistSource().Locate(settings.DataFolder);
         var trainRows = MainJob.ReadRows(source, train: true, settings.Limit).ToArray();
         int held = trainRows.Length / 10;
         var keys = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(trainRows));
         return (keys.Transform(ml.Data.LoadFromEnumerable(trainRows[held..])), keys.Transform(ml.Data.LoadFromEnumerable(trainRows[..held])),
+            keys.Transform(ml.Data.LoadFromEnumerable(trainRows)),
             keys.Transform(ml.Data.LoadFromEnumerable(MainJob.ReadRows(source, train: false, null))),
             $"{source.Description}: {trainRows.Length - held} training, {held} validation images");
     }
@@ -335,7 +358,7 @@ internal static class SelectCommand
     /// <summary>The leaderboard: best first by the optimizing metric, unfinished and failed trials last.</summary>
     private static Table Leaderboard(IEnumerable<TrialRecord> trials, OptimizingMetric metric)
     {
-        var table = new Table().AddColumns("trial", "method", "lr", "batch", "weight decay", "η_R", "state", "epochs", metric.ToString(), "seconds");
+        var table = new Table().AddColumns("trial", "method", "lr", "batch", "weight decay", "η_R", "state", "epochs / full run", metric.ToString(), "seconds");
         foreach (var trial in trials.OrderByDescending(t => metric.Score(t.Metric)).ThenBy(t => t.Trial))
         {
             var o = trial.Options;
@@ -348,7 +371,7 @@ internal static class SelectCommand
             table.AddRow(trial.Trial.ToString(CultureInfo.InvariantCulture), o.UseDecorrelation ? "DBP" : "backprop", o.LearningRate.ToString("G3", CultureInfo.InvariantCulture),
                 o.BatchSize.ToString(CultureInfo.InvariantCulture), o.WeightDecay.ToString("G2", CultureInfo.InvariantCulture),
                 o.UseDecorrelation ? o.DecorrelationLearningRate.ToString("G3", CultureInfo.InvariantCulture) : "", Markup.Escape(state),
-                trial.EpochsRun.ToString(CultureInfo.InvariantCulture), MetricText(trial.Metric, metric), trial.Seconds.ToString("F1", CultureInfo.InvariantCulture));
+                $"{trial.EpochsRun}/{o.MaxEpoch}", MetricText(trial.Metric, metric), trial.Seconds.ToString("F1", CultureInfo.InvariantCulture));
         }
         return table;
     }
@@ -364,7 +387,7 @@ internal static class SelectCommand
             t.Trial, Method = t.Options.UseDecorrelation ? "DBP" : "backprop", t.Options.LearningRate, t.Options.BatchSize, t.Options.WeightDecay,
             DecorrelationLearningRate = t.Options.UseDecorrelation ? t.Options.DecorrelationLearningRate : (double?)null,
             Kappa = t.Options.UseDecorrelation ? t.Options.Kappa : (double?)null, t.Options.RandomHorizontalFlip, t.Options.RandomCropPadding,
-            State = t.State.ToString(), t.Rung, t.EpochsRun, Metric = settings.Metric.ToString(), MetricValue = Value(t.Metric),
+            t.Options.MaxEpoch, State = t.State.ToString(), t.Rung, t.EpochsRun, Metric = settings.Metric.ToString(), MetricValue = Value(t.Metric),
             ValidationAccuracy = Value(t.ValidationAccuracy), t.Seconds, t.Error,
             Curve = t.Curve.Select(c => new { c.Epoch, c.Seconds, ValidationAccuracy = Value(c.ValidationAccuracy), ValidationMacroAccuracy = Value(c.ValidationMacroAccuracy), ValidationLogLoss = Value(c.ValidationLogLoss) }),
         }), new JsonSerializerOptions { WriteIndented = true }));

@@ -227,16 +227,45 @@ public class SamplesTests : TempFolderTest
     {
         var (console, output) = CapturedConsole();
         var report = Folder("select");
-        Assert.AreEqual(0, SelectCommand.Run(console, new SelectSettings { Minutes = 5, Trials = 3, MinEpochs = 1, MaxEpochs = 2, Limit = 1500, DataFolder = FashionMnist.Folder, ReportFolder = report }));
+        Assert.AreEqual(0, SelectCommand.Run(console, new SelectSettings { Minutes = 5, Trials = 3, MinEpochs = 1, MaxEpochs = SelectCommand.ParseEpochs("2, 1"), Limit = 1500, DataFolder = FashionMnist.Folder, ReportFolder = report }));
 
         StringAssert.Contains(output.ToString(), "Best: trial");
         StringAssert.Contains(output.ToString(), "Verdict: ");
         using var leaderboard = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(report, "leaderboard.json")));
         Assert.AreEqual(3, leaderboard.RootElement.GetArrayLength());
         Assert.IsTrue(leaderboard.RootElement.EnumerateArray().Any(t => t.GetProperty("State").GetString() == "Completed"));
+        foreach (var trial in leaderboard.RootElement.EnumerateArray())
+        {
+            int fullRun = trial.GetProperty("MaxEpoch").GetInt32();
+            Assert.IsTrue(fullRun is 1 or 2, $"full runs searched over: {trial}");
+            if (trial.GetProperty("State").GetString() == "Completed")
+                Assert.AreEqual(fullRun, trial.GetProperty("EpochsRun").GetInt32(), trial.ToString());
+        }
         Assert.IsGreaterThan(1000L, new FileInfo(Path.Combine(report, "validation-vs-time.png")).Length);
         var model = new MLContext().Model.Load(Path.Combine(report, "best-model.zip"), out _);
         Assert.IsNotNull(model);
+    }
+
+    [TestMethod]
+    public void SelectWithFoldsRanksTrialsByCrossValidationAndRejectsBadEpochsAndFolds()
+    {
+        var (console, output) = CapturedConsole();
+        var report = Folder("select-folds");
+        Assert.AreEqual(0, SelectCommand.Run(console, new SelectSettings { Minutes = 5, Trials = 2, MaxEpochs = [1], Folds = 2, Limit = 600, DataFolder = FashionMnist.Folder, ReportFolder = report }));
+        StringAssert.Contains(output.ToString(), "by 2-fold cross-validation");
+        using var leaderboard = JsonDocument.Parse(File.ReadAllText(Path.Combine(report, "leaderboard.json")));
+        Assert.AreEqual(2, leaderboard.RootElement.GetArrayLength());
+        // The best model is one fold's (one epoch on half of the 600 images, so no accuracy to speak of): it loads and scores every row.
+        var ml = new MLContext();
+        var model = ml.Model.Load(Path.Combine(report, "best-model.zip"), out _);
+        var (_, validation, _, _, _) = SelectCommand.LoadData(ml, new SelectSettings { Limit = 600, DataFolder = FashionMnist.Folder });
+        var scores = model.Transform(validation).GetColumn<float[]>("Score").ToList();
+        Assert.HasCount(60, scores);
+        Assert.IsTrue(scores.All(s => s.Length == 10 && Math.Abs(s.Sum() - 1) < 1e-4), "ten class probabilities per row");
+
+        CollectionAssert.AreEqual(new[] { 4, 6 }, SelectCommand.ParseEpochs("6,4"));
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.ParseEpochs("4,0")).Message, "--max-epochs '4,0'");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => SelectCommand.Run(console, new SelectSettings { Folds = 1, ReportFolder = report })).Message, "--folds 1");
     }
 
     [TestMethod]
@@ -246,7 +275,7 @@ public class SamplesTests : TempFolderTest
         var (console, output) = CapturedConsole();
         var report = Folder("select-workers");
         string[] commandLine = ["select", "--time", "5m", "--trials", "4", "--max-epochs", "2", "--limit", "1500", "--data", FashionMnist.Folder, "--report", report, "--workers", "2"];
-        var settings = new SelectSettings { Minutes = 5, Trials = 4, MaxEpochs = 2, Limit = 1500, DataFolder = FashionMnist.Folder, ReportFolder = report, Workers = 2 };
+        var settings = new SelectSettings { Minutes = 5, Trials = 4, MaxEpochs = [2], Limit = 1500, DataFolder = FashionMnist.Folder, ReportFolder = report, Workers = 2 };
         Assert.AreEqual(0, SelectCommand.Run(console, settings, commandLine));
 
         string workerLog = File.ReadAllText(Path.Combine(report, "workers", "worker-1.log"));

@@ -28,8 +28,8 @@ internal static class SelectionCases
     public static DecorrelatedImageClassificationExperiment.Settings Study(string journal, Action<TrialRecord>? progress = null, string? workFolder = null, string study = "default") => new()
     {
         WorkFolder = workFolder, StudyName = study,
-        MaxTrials = 6, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 3, Seed = 11, Storage = journal,
-        SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] }, Progress = progress, PollInterval = TimeSpan.FromMilliseconds(200),
+        MaxTrials = 6, MinEpochs = 1, ReductionFactor = 3, Seed = 11, Storage = journal,
+        SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [2] }, Progress = progress, PollInterval = TimeSpan.FromMilliseconds(200),
         Lease = TimeSpan.FromMinutes(10),
     };
 

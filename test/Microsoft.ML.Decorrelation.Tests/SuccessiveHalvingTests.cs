@@ -80,6 +80,32 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
+    public void TrialsWithShorterFullRunsFinishOnTheirRungAndAreNeverPromotedPastIt()
+    {
+        // Rungs 1, 3, 9; trials 0, 3, 6 have full runs of 3 epochs, trials 1, 4, 7 of 4, the rest of 9. Trial t's quality is t.
+        int FullRun(int trial) => (trial % 3) switch { 0 => 3, 1 => 4, _ => 9 };
+        var search = new AsynchronousSuccessiveHalving(9, 1, 9, trialEpochs: FullRun);
+        CollectionAssert.AreEqual(new[] { 1, 3, 9 }, search.Rungs.ToArray());
+        var work = RunSequentially(search, (trial, epochs) => trial + epochs / 100.0);
+        Console.WriteLine(string.Join("\n", work));
+
+        foreach (var w in work)
+        {
+            Assert.AreEqual(Math.Min(new[] { 1, 3, 9 }[w.Rung], FullRun(w.Trial)), w.Epochs, $"{w}: its rung's epochs, capped at its full run");
+            Assert.IsFalse(w.Rung == 2 && FullRun(w.Trial) == 3, $"{w}: a trial that finished at 3 epochs is never promoted again");
+        }
+        // Rung 0's final top third (8, 7, 6) all went on; rung 1's best (8, 9 epochs) ran in full, and 7 (4 epochs) finished on rung 2.
+        CollectionAssert.IsSubsetOf(new[] { 8, 7, 6 }, work.Where(w => w.Rung == 1).Select(w => w.Trial).ToArray());
+        Assert.IsTrue(work.Contains(new TrialWork(8, 2, 9)), string.Join(", ", work));
+        Assert.IsFalse(work.Any(w => w.Trial == 6 && w.Rung == 2), "trial 6 finished its 3 epochs on rung 1");
+        Assert.AreEqual(9, search.StartedTrials);
+
+        // A small search whose only promoted trial finished on rung 1 does not force another trial to the top: it has its full run.
+        var small = RunSequentially(new AsynchronousSuccessiveHalving(2, 1, 9, trialEpochs: t => t == 0 ? 3 : 9), (trial, _) => trial == 0 ? 0.9 : 0.5);
+        CollectionAssert.AreEqual(new[] { new TrialWork(0, 0, 1), new TrialWork(1, 0, 1), new TrialWork(0, 1, 3) }, small);
+    }
+
+    [TestMethod]
     public void FailedTrialsAreRecordedAndNeverPromoted()
     {
         var search = new AsynchronousSuccessiveHalving(6, 1, 3);
@@ -125,8 +151,8 @@ public class SuccessiveHalvingTests
         var progress = new List<string>();
         var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
         {
-            MaxTrials = 4, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 2, Seed = 3,
-            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
+            MaxTrials = 4, MinEpochs = 1, ReductionFactor = 2, Seed = 3,
+            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [2] },
             Progress = t => progress.Add(t.ToString()),
         });
         var result = experiment.Execute(train, validation);
@@ -168,6 +194,40 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
+    public void SearchingTheNumberOfEpochsEndsEachTrialWithItsOwnScheduleLikeAPlainRun()
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 600));
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+        var split = ml.Data.TrainTestSplit(data, 0.25, seed: 2);
+        var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+        {
+            MaxTrials = 4, MinEpochs = 1, ReductionFactor = 2, Seed = 2,
+            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [1, 2] },
+        });
+        var result = experiment.Execute(split.TrainSet, split.TestSet);
+        using var best = result.BestModel;
+        Console.WriteLine(string.Join("\n", result.Trials));
+
+        CollectionAssert.AreEquivalent(new[] { 1, 2 }, result.Trials.Select(t => t.Options.MaxEpoch).Distinct().ToArray(), "the seed draws both full runs");
+        foreach (var trial in result.Trials)
+        {
+            Assert.AreEqual(trial.Configuration.MaxEpoch, trial.Options.MaxEpoch);
+            if (trial.Options.MaxEpoch == 1)
+                Assert.IsTrue(trial.State == TrialState.Completed && trial.Rung == 0 && trial.EpochsRun == 1, $"a 1-epoch trial finishes on the lowest rung: {trial}");
+            else
+                Assert.IsTrue(trial.State == TrialState.Stopped && trial.EpochsRun == 1 || trial.State == TrialState.Completed && trial.EpochsRun == 2, trial.ToString());
+        }
+        // The best trial, whatever its full run, ends where a plain run of its options (its own schedule) does.
+        var options = result.BestTrial.Options.Clone();
+        options.Seed = 2 + result.BestTrial.Trial;
+        options.ValidationSet = split.TestSet;
+        using var plain = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(split.TrainSet);
+        CollectionAssert.AreEqual(best.Transform(split.TestSet).GetColumn<float[]>("Score").SelectMany(x => x).ToArray(),
+            plain.Transform(split.TestSet).GetColumn<float[]>("Score").SelectMany(x => x).ToArray(), $"bit for bit: {result.BestTrial}");
+    }
+
+    [TestMethod]
     public void ValidationFractionSplitsTheDataAndTheSearchReportsToMLNetsLog()
     {
         var ml = new MLContext(seed: 1);
@@ -181,8 +241,8 @@ public class SuccessiveHalvingTests
         var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
         var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
         {
-            MaxTrials = 2, MinEpochs = 1, MaxEpochs = 1, ReductionFactor = 2, Seed = 5,
-            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
+            MaxTrials = 2, MinEpochs = 1, ReductionFactor = 2, Seed = 5,
+            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [1] },
         });
         var result = experiment.Execute(data, validationFraction: 0.25);
         using var best = result.BestModel;
@@ -206,7 +266,7 @@ public class SuccessiveHalvingTests
         {
             var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
             {
-                MaxTrials = 2, MinEpochs = 1, MaxEpochs = 1, ReductionFactor = 2, Seed = 4, SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] },
+                MaxTrials = 2, MinEpochs = 1, ReductionFactor = 2, Seed = 4, SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [1] },
                 Storage = Path.Combine(folder, "study.sqlite"),
             });
             var result = experiment.Execute(data, folds: 3);
@@ -288,6 +348,18 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
+    public void FullRunsTheSearchSpaceCannotHoldAreRejectedNamingTheSetting()
+    {
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => new ImageClassificationSearchSpace { MaxEpoch = [] }.Validate()).Message, "Search space MaxEpoch is empty");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => new ImageClassificationSearchSpace { MaxEpoch = [3, 0] }.Validate()).Message, "MaxEpoch holds 0");
+        var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new DecorrelatedImageClassificationExperiment(new MLContext(),
+            new DecorrelatedImageClassificationExperiment.Settings { MinEpochs = 2, SearchSpace = new ImageClassificationSearchSpace { MaxEpoch = [1, 6] } }));
+        StringAssert.Contains(error.Message, "Settings.MinEpochs (2) exceeds the search space's shortest MaxEpoch (1)");
+        var outside = new AsynchronousSuccessiveHalving(2, 1, 3, trialEpochs: trial => 4);
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => outside.Next()).Message, "Trial 0's full run of 4 epochs lies outside the rungs [1, 3]");
+    }
+
+    [TestMethod]
     public void KilledExperimentResumesFromItsJournalAndEndsAsAnUninterruptedOne()
     {
         var ml = new MLContext(seed: 1);
@@ -300,8 +372,8 @@ public class SuccessiveHalvingTests
         {
             DecorrelatedImageClassificationExperiment.Settings Settings(string journal, Action<TrialRecord>? progress = null) => new()
             {
-                MaxTrials = 4, MinEpochs = 1, MaxEpochs = 2, ReductionFactor = 2, Seed = 5, Storage = Path.Combine(folder, journal),
-                SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100] }, Progress = progress,
+                MaxTrials = 4, MinEpochs = 1, ReductionFactor = 2, Seed = 5, Storage = Path.Combine(folder, journal),
+                SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [2] }, Progress = progress,
             };
             var uninterrupted = new DecorrelatedImageClassificationExperiment(ml, Settings("whole.sqlite")).Execute(train, validation);
             uninterrupted.BestModel.Dispose();
@@ -330,7 +402,7 @@ public class SuccessiveHalvingTests
 
             // Another study cannot use this journal.
             var other = Settings("killed.sqlite");
-            other.MaxEpochs = 3;
+            other.SearchSpace.MaxEpoch = [3];
             var error = Assert.ThrowsExactly<InvalidOperationException>(() => new DecorrelatedImageClassificationExperiment(ml, other).Execute(train, validation));
             StringAssert.Contains(error.Message, "belongs to another study: its search");
         }

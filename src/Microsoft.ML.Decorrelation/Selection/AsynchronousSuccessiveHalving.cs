@@ -13,9 +13,11 @@ public readonly record struct TrialWork(int Trial, int Rung, int Epochs);
 /// search is reproducible from its journal. Failed trials are kept with their error and never promoted.
 /// </summary>
 /// <remarks>
-/// Rungs are epoch budgets <c>min, min·η, min·η², …</c>, the last one <c>max</c>. A promoted trial continues from its
-/// checkpoint with the learning-rate schedule of its full <c>max</c>-epoch run, so a trial that reaches the top rung
-/// ends exactly where a plain run of the same options would (docs/design.md, "Model selection").
+/// Rungs are epoch budgets <c>min, min·η, min·η², …</c>, the last one <c>max</c>. A trial may have a full run shorter than
+/// <c>max</c> (a search over the number of epochs): its rungs are the search's, capped at its own full run, and it finishes on
+/// the first rung that reaches it, ranked there with the trials that are still on their way. A promoted trial continues from
+/// its checkpoint with the learning-rate schedule of its full run, so a trial that finishes ends exactly where a plain run of
+/// the same options would (docs/design.md, "Model selection").
 /// </remarks>
 public sealed class AsynchronousSuccessiveHalving
 {
@@ -25,6 +27,8 @@ public sealed class AsynchronousSuccessiveHalving
     private readonly List<HashSet<int>> _promoted = [];                // per rung: trials promoted out of it
     private readonly HashSet<int> _running = [];
     private readonly HashSet<int> _failed = [];
+    private readonly HashSet<int> _finished = [];                      // trials that completed their full run
+    private readonly Func<int, int> _trialEpochs;
     private int _started;
 
     /// <summary>Creates the scheduler.</summary>
@@ -32,12 +36,17 @@ public sealed class AsynchronousSuccessiveHalving
     /// <param name="minEpochs">The lowest rung's budget, at least 1.</param>
     /// <param name="maxEpochs">The top rung's budget: every trial's full run.</param>
     /// <param name="reductionFactor">η: the top 1/η of a rung is promoted, and rungs grow η-fold; at least 2.</param>
+    /// <param name="trialEpochs">
+    /// Each trial's full run in epochs, in [<paramref name="minEpochs"/>, <paramref name="maxEpochs"/>]; null when every trial's is
+    /// <paramref name="maxEpochs"/>.
+    /// </param>
     /// <exception cref="ArgumentOutOfRangeException">A setting is out of range; the message names it.</exception>
-    public AsynchronousSuccessiveHalving(int maxTrials, int minEpochs, int maxEpochs, int reductionFactor = 3)
+    public AsynchronousSuccessiveHalving(int maxTrials, int minEpochs, int maxEpochs, int reductionFactor = 3, Func<int, int>? trialEpochs = null)
     {
         Validate(maxTrials, minEpochs, maxEpochs, reductionFactor);
         _maxTrials = maxTrials;
         _reduction = reductionFactor;
+        _trialEpochs = trialEpochs ?? (_ => maxEpochs);
         var rungs = new List<int>();
         for (long epochs = minEpochs; epochs < maxEpochs; epochs *= reductionFactor)
             rungs.Add((int)epochs);
@@ -81,13 +90,23 @@ public sealed class AsynchronousSuccessiveHalving
         {
             _promoted[rung].Add(trial);
             _running.Add(trial);
-            return new TrialWork(trial, rung + 1, Rungs[rung + 1]);
+            return new TrialWork(trial, rung + 1, EpochsAt(trial, rung + 1));
         }
         if (_started >= _maxTrials)
             return null;
         int next = _started++;
         _running.Add(next);
-        return new TrialWork(next, 0, Rungs[0]);
+        return new TrialWork(next, 0, EpochsAt(next, 0));
+    }
+
+    /// <summary>The epochs <paramref name="trial"/> has run after rung <paramref name="rung"/>: the rung's, capped at its full run.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The trial's full run lies outside the search's rungs.</exception>
+    private int EpochsAt(int trial, int rung)
+    {
+        int full = _trialEpochs(trial);
+        if (full < Rungs[0] || full > Rungs[^1])
+            throw new ArgumentOutOfRangeException(nameof(trial), full, $"Trial {trial}'s full run of {full} epochs lies outside the rungs [{Rungs[0]}, {Rungs[^1]}].");
+        return Math.Min(Rungs[rung], full);
     }
 
     /// <summary>
@@ -116,6 +135,8 @@ public sealed class AsynchronousSuccessiveHalving
     {
         Finish(work);
         _completed[work.Rung][work.Trial] = double.IsNaN(metric) ? double.NegativeInfinity : metric;
+        if (work.Epochs >= _trialEpochs(work.Trial))
+            _finished.Add(work.Trial);
     }
 
     /// <summary>Records that <paramref name="work"/> failed: the trial is never promoted (nor retried).</summary>
@@ -132,13 +153,13 @@ public sealed class AsynchronousSuccessiveHalving
     }
 
     /// <summary>
-    /// The highest rung's best trial that stands in its rung's top 1/η and was not promoted yet; else, once every trial has
-    /// started and none runs, the best trial of the highest rung whose next rung is empty (so that a small or failure-ridden
-    /// search still ends with a full run); else null.
+    /// The highest rung's best trial that stands in its rung's top 1/η, was not promoted yet and has not finished its full run;
+    /// else, once every trial has started, none runs and none has finished, the best trial of the highest rung whose next rung is
+    /// empty (so that a small or failure-ridden search still ends with a full run); else null.
     /// </summary>
     private (int Trial, int Rung)? FindPromotion()
     {
-        if (_started == _maxTrials && _running.Count == 0)
+        if (_started == _maxTrials && _running.Count == 0 && _finished.Count == 0)
         {
             for (int rung = Rungs.Count - 2; rung >= 0; rung--)
             {
@@ -158,7 +179,7 @@ public sealed class AsynchronousSuccessiveHalving
                 continue;
             foreach (var (trial, _) in results.OrderByDescending(r => r.Value).ThenBy(r => r.Key).Take(top))
             {
-                if (!_promoted[rung].Contains(trial) && !_failed.Contains(trial))
+                if (!_promoted[rung].Contains(trial) && !_failed.Contains(trial) && !_finished.Contains(trial))
                     return (trial, rung);
             }
         }

@@ -10,9 +10,9 @@ namespace Microsoft.ML.Decorrelation.Selection;
 /// leaderboard of every trial.
 /// </summary>
 /// <remarks>
-/// Every trial is defined by its full run (<see cref="Settings.MaxEpochs"/> epochs, so the step schedule decays where a
-/// plain run's would); a rung stops it after the rung's epochs at a checkpoint, and a promotion resumes from that
-/// checkpoint, so a trial that reaches the top rung ends exactly where a plain run of the same options would. The trials
+/// Every trial is defined by its full run (its <see cref="ImageClassificationSearchSpace.MaxEpoch"/> epochs, so the step
+/// schedule decays where a plain run's would); a rung stops it after the rung's epochs at a checkpoint, and a promotion resumes
+/// from that checkpoint, so a trial that finishes its full run ends exactly where a plain run of the same options would. The trials
 /// share one decoded image cache: the data is decoded by the first trial and reused by the others.
 /// <para>
 /// The study lives in a journal (<see cref="Settings.Storage"/>: an SQLite file, or PostgreSQL for workers on many machines; a
@@ -36,11 +36,11 @@ public sealed class DecorrelatedImageClassificationExperiment
         /// <summary>Trials to start at most. Default 9.</summary>
         public int MaxTrials { get; set; } = 9;
 
-        /// <summary>Epochs of the lowest rung. Default 1.</summary>
+        /// <summary>
+        /// Epochs of the lowest rung; rungs grow η-fold up to the longest full run of <see cref="ImageClassificationSearchSpace.MaxEpoch"/>.
+        /// Default 1.
+        /// </summary>
         public int MinEpochs { get; set; } = 1;
-
-        /// <summary>Epochs of a full run (the top rung): every trial's <c>MaxEpoch</c>. Default 6, the trainer's.</summary>
-        public int MaxEpochs { get; set; } = 6;
 
         /// <summary>η: the top 1/η of a rung is promoted. Default 3.</summary>
         public int ReductionFactor { get; set; } = 3;
@@ -100,7 +100,10 @@ public sealed class DecorrelatedImageClassificationExperiment
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(settings);
         settings.SearchSpace.Validate();
-        AsynchronousSuccessiveHalving.Validate(settings.MaxTrials, settings.MinEpochs, settings.MaxEpochs, settings.ReductionFactor);
+        AsynchronousSuccessiveHalving.Validate(settings.MaxTrials, settings.MinEpochs, settings.SearchSpace.MaxEpoch.Max(), settings.ReductionFactor);
+        if (settings.SearchSpace.MaxEpoch.Min() < settings.MinEpochs)
+            throw new ArgumentOutOfRangeException(nameof(settings), settings.MinEpochs,
+                $"Settings.MinEpochs ({settings.MinEpochs}) exceeds the search space's shortest MaxEpoch ({settings.SearchSpace.MaxEpoch.Min()}): the lowest rung cannot be longer than a full run.");
         if (settings.TimeBudget is { } budget && budget <= TimeSpan.Zero)
             throw new ArgumentOutOfRangeException(nameof(settings), budget, "Settings.TimeBudget must be positive.");
         if (settings.Lease < TimeSpan.FromSeconds(1))
@@ -189,7 +192,7 @@ public sealed class DecorrelatedImageClassificationExperiment
         {
             using var journal = StudyJournal.Open(storage ?? StudyStorage.Parse(Path.Combine(folder, "study.sqlite")), Describe(train, validation, folds.Count));
             string worker = WorkerName();
-            channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.MaxEpochs} epochs (η {settings.ReductionFactor}) by {settings.OptimizingMetric}" +
+            channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.SearchSpace.MaxEpoch.Max()} epochs (η {settings.ReductionFactor}) by {settings.OptimizingMetric}" +
                          (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (storage is null ? "." : $", journal {journal.Location}."));
             var seen = new Dictionary<int, string>();
             int rungsRun = 0;
@@ -309,7 +312,7 @@ public sealed class DecorrelatedImageClassificationExperiment
     {
         var ordered = journal.Trials(_settings.BaseOptions).Values.OrderBy(t => t.Trial).ToList();
         var bestTrial = ordered.Where(t => t.State == TrialState.Completed).MaxBy(t => Score(t.Metric))
-            ?? throw new InvalidOperationException($"No trial finished its full {_settings.MaxEpochs} epochs within the budget ({ordered.Count} started); raise Settings.TimeBudget or lower MaxEpochs.");
+            ?? throw new InvalidOperationException($"No trial finished its full run within the budget ({ordered.Count} started); raise Settings.TimeBudget or lower the search space's MaxEpoch.");
         var (_, best) = DecorrelatedImageClassificationTransformer.Load(_context, ModelPath(folder, bestTrial.Trial));
         return new ExperimentResult(best, bestTrial, ordered, duration);
     }
@@ -335,7 +338,8 @@ public sealed class DecorrelatedImageClassificationExperiment
     }
 
     private AsynchronousSuccessiveHalving NewSearch()
-        => new(_settings.MaxTrials, _settings.MinEpochs, _settings.MaxEpochs, _settings.ReductionFactor);
+        => new(_settings.MaxTrials, _settings.MinEpochs, _settings.SearchSpace.MaxEpoch.Max(), _settings.ReductionFactor,
+               trial => _settings.SearchSpace.Sample(_settings.Seed, trial).MaxEpoch);
 
     private TrialRecord NewTrial(int number)
     {
@@ -354,7 +358,7 @@ public sealed class DecorrelatedImageClassificationExperiment
         static string Data(IDataView data) => $"{data.GetRowCount()?.ToString() ?? "?"} rows; {string.Join(", ", data.Schema.Where(c => !c.IsHidden).Select(c => c.Name + ":" + c.Type))}";
         return new Dictionary<string, string>
         {
-            ["search"] = $"trials {s.MaxTrials}, epochs {s.MinEpochs}..{s.MaxEpochs}, η {s.ReductionFactor}, seed {s.Seed}; {s.SearchSpace.Describe()}",
+            ["search"] = $"trials {s.MaxTrials}, lowest rung {s.MinEpochs} epochs, η {s.ReductionFactor}, seed {s.Seed}; {s.SearchSpace.Describe()}",
             ["metric"] = s.OptimizingMetric.ToString(),
             ["training data"] = Data(train),
             ["validation data"] = Data(validation) + (folds > 1 ? $"; {folds}-fold cross-validation" : ""),
@@ -401,14 +405,13 @@ public sealed class DecorrelatedImageClassificationExperiment
                 string foldResult = Path.Combine(folder, $"trial-{trial.Trial}{suffix}.rung{work.Rung}.json");
                 var saved = folds.Count > 1 && File.Exists(foldResult)
                     ? System.Text.Json.JsonSerializer.Deserialize<DecorrelatedImageClassificationMetrics>(File.ReadAllText(foldResult), FoldJson) : null;
-                if (saved is not null && work.Epochs < _settings.MaxEpochs)
+                if (saved is not null && work.Epochs < trial.Options.MaxEpoch)
                 {
                     foldMetrics.Add(saved);
                     completed = false;
                     continue;
                 }
                 var options = trial.Options.Clone();
-                options.MaxEpoch = _settings.MaxEpochs;
                 options.Seed = _settings.Seed + trial.Trial;
                 options.ValidationSet = folds[fold].Validation;
                 options.ValidationFraction = 0;
@@ -615,7 +618,7 @@ public sealed class TrialRecord
     /// <summary>A one-line summary for a leaderboard.</summary>
     public override string ToString()
         => $"trial {Trial}: {(Options.UseDecorrelation ? "DBP" : "backprop")} {Options.Architecture}, lr {Options.LearningRate:G3}, batch {Options.BatchSize}, " +
-           $"wd {Options.WeightDecay:G2}{(Options.UseDecorrelation ? $", η_R {Options.DecorrelationLearningRate:G3}" : "")}: {State} after {EpochsRun} epochs, " +
+           $"wd {Options.WeightDecay:G2}{(Options.UseDecorrelation ? $", η_R {Options.DecorrelationLearningRate:G3}" : "")}: {State} after {EpochsRun} of {Options.MaxEpoch} epochs, " +
            $"validation accuracy {ValidationAccuracy:P2}, {Seconds:F1} s{(Error is null ? "" : ", " + Error)}";
 }
 

@@ -33,6 +33,13 @@ public sealed class ImageClassificationSearchSpace
     /// <summary>Padding of the random crop applied to training images (augmentation); 0 for none.</summary>
     public IReadOnlyList<int> RandomCropPadding { get; set; } = [0];
 
+    /// <summary>
+    /// Epochs of a trial's full run (the trainer's <c>MaxEpoch</c>; the step schedule decays after a third and two thirds of it).
+    /// The longest is the search's top rung; a trial with a shorter one finishes on the first rung that reaches it. Default 6,
+    /// the trainer's.
+    /// </summary>
+    public IReadOnlyList<int> MaxEpoch { get; set; } = [new DecorrelatedImageClassificationTrainer.Options().MaxEpoch];
+
     /// <summary>Checks that every setting offers at least one value.</summary>
     /// <exception cref="ArgumentException">A list is empty or a range is not positive and ordered; the message names the setting.</exception>
     public void Validate()
@@ -53,6 +60,9 @@ public sealed class ImageClassificationSearchSpace
         List(nameof(Kappa), Kappa);
         List(nameof(RandomHorizontalFlip), RandomHorizontalFlip);
         List(nameof(RandomCropPadding), RandomCropPadding);
+        List(nameof(MaxEpoch), MaxEpoch);
+        if (MaxEpoch.Any(e => e < 1))
+            throw new ArgumentException($"Search space {nameof(MaxEpoch)} holds {MaxEpoch.Min()}: a full run needs at least one epoch.", nameof(MaxEpoch));
         if (Kappa.Any(k => !(k >= 0 && k <= 1)))
             throw new ArgumentException($"Search space {nameof(Kappa)} holds {Kappa.First(k => !(k >= 0 && k <= 1))}: κ must lie in [0, 1].", nameof(Kappa));
         if (RandomCropPadding.Any(p => p < 0))
@@ -80,14 +90,16 @@ public sealed class ImageClassificationSearchSpace
             // Drawn last so that spaces without these settings draw the earlier ones as before.
             Kappa[random.Next(Kappa.Count)],
             RandomHorizontalFlip[random.Next(RandomHorizontalFlip.Count)],
-            RandomCropPadding[random.Next(RandomCropPadding.Count)]);
+            RandomCropPadding[random.Next(RandomCropPadding.Count)],
+            MaxEpoch[random.Next(MaxEpoch.Count)]);
     }
 
     /// <summary>The space as text, for a journal to recognise its study.</summary>
     internal string Describe()
         => $"architectures {string.Join(",", Architectures)}; decorrelation {string.Join(",", UseDecorrelation)}; lr {LearningRate}; batch {string.Join(",", BatchSize)}; " +
            $"weight decay {WeightDecay}; η_R {DecorrelationLearningRate}; " +
-           $"κ {string.Join(",", Kappa)}; flip {string.Join(",", RandomHorizontalFlip)}; crop padding {string.Join(",", RandomCropPadding)}";
+           $"κ {string.Join(",", Kappa)}; flip {string.Join(",", RandomHorizontalFlip)}; crop padding {string.Join(",", RandomCropPadding)}; " +
+           $"max epoch {string.Join(",", MaxEpoch)}";
 }
 
 /// <summary>The settings a search chose for one trial.</summary>
@@ -100,8 +112,9 @@ public sealed class ImageClassificationSearchSpace
 /// <param name="Kappa">κ of the decorrelation loss (used by DBP only).</param>
 /// <param name="RandomHorizontalFlip">Whether training images are flipped at random.</param>
 /// <param name="RandomCropPadding">Padding of the random crop of training images; 0 for none.</param>
+/// <param name="MaxEpoch">Epochs of the trial's full run.</param>
 public sealed record TrialConfiguration(CnnArchitecture Architecture, bool UseDecorrelation, double LearningRate, int BatchSize, double WeightDecay,
-    double DecorrelationLearningRate, double Kappa = 0.01, bool RandomHorizontalFlip = false, int RandomCropPadding = 0)
+    double DecorrelationLearningRate, double Kappa = 0.01, bool RandomHorizontalFlip = false, int RandomCropPadding = 0, int MaxEpoch = 6)
 {
     /// <summary>The trainer's options: <paramref name="template"/>'s, with this configuration's settings.</summary>
     public DecorrelatedImageClassificationTrainer.Options Apply(DecorrelatedImageClassificationTrainer.Options template)
@@ -116,6 +129,7 @@ public sealed record TrialConfiguration(CnnArchitecture Architecture, bool UseDe
         options.Kappa = Kappa;
         options.RandomHorizontalFlip = RandomHorizontalFlip;
         options.RandomCropPadding = RandomCropPadding;
+        options.MaxEpoch = MaxEpoch;
         return options;
     }
 }
