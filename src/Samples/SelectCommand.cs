@@ -15,6 +15,7 @@ internal sealed record SelectSettings
     public int MinEpochs { get; init; } = 1;
     public int[] MaxEpochs { get; init; } = [6];
     public int Folds { get; init; }
+    public SearchStrategy Strategy { get; init; } = SearchStrategy.SuccessiveHalving;
     public int? Limit { get; init; }
     public string? DataFolder { get; init; }
     public DirectoryInfo? Images { get; init; }
@@ -54,6 +55,7 @@ internal static class SelectCommand
         var maxEpochs = new Option<string>("--max-epochs") { Description = "Epochs of a full run, or a comma-separated list to search over (the longest is the top rung).", DefaultValueFactory = _ => "6" };
         var folds = new Option<int>("--folds") { Description = "Rank the trials by k-fold cross-validation over all labelled images instead of a 10 % validation split (0: the split)." };
         var minEpochs = new Option<int>("--min-epochs") { Description = "Epochs of the lowest rung.", DefaultValueFactory = _ => 1 };
+        var strategy = new Option<SearchStrategy>("--strategy") { Description = "SuccessiveHalving (trials start short, the best go on) or RandomSearch (every trial runs in full).", DefaultValueFactory = _ => SearchStrategy.SuccessiveHalving };
         var limit = new Option<int?>("--limit") { Description = "Use only the first N training images (10 % of them validate)." };
         var data = new Option<string?>("--data") { Description = "A folder with the four Fashion-MNIST IDX files." };
         var images = new Option<DirectoryInfo?>("--images") { Description = "Instead of Fashion-MNIST: a folder with one sub-folder of images per class." };
@@ -75,7 +77,7 @@ internal static class SelectCommand
         var methods = new Option<string>("--methods") { Description = "Training methods in the search space: both, dbp or backprop.", DefaultValueFactory = _ => "both" };
         var command = new System.CommandLine.Command("select", "Search DBP and backprop configurations by successive halving within a time budget.")
         {
-            minutes, trials, maxEpochs, minEpochs, folds, limit, data, images, size, report, workers, worker, summarize, journal, storage, study, work, lease, kubernetes, slurm, image, metric, seed, methods,
+            minutes, trials, maxEpochs, minEpochs, strategy, folds, limit, data, images, size, report, workers, worker, summarize, journal, storage, study, work, lease, kubernetes, slurm, image, metric, seed, methods,
         };
         command.SetAction(result => result.GetValue(kubernetes) is { } manifest
             ? WriteKubernetesJob(AnsiConsole.Console, manifest, result.GetValue(image)!, result.GetValue(workers), result.GetValue(study)!, Environment.GetCommandLineArgs().Skip(1).ToArray())
@@ -85,7 +87,7 @@ internal static class SelectCommand
             : Run(AnsiConsole.Console, new SelectSettings
         {
             Minutes = ParseMinutes(result.GetValue(minutes)!), Trials = result.GetValue(trials), MinEpochs = result.GetValue(minEpochs), MaxEpochs = ParseEpochs(result.GetValue(maxEpochs)!),
-            Folds = result.GetValue(folds),
+            Folds = result.GetValue(folds), Strategy = result.GetValue(strategy),
             Limit = result.GetValue(limit), DataFolder = result.GetValue(data), Images = result.GetValue(images), Size = result.GetValue(size),
             ReportFolder = result.GetValue(report)!, Workers = result.GetValue(workers), IsWorker = result.GetValue(worker), SummarizeOnly = result.GetValue(summarize), Journal = result.GetValue(journal),
             Storage = result.GetValue(storage), Study = result.GetValue(study)!, WorkFolder = result.GetValue(work),
@@ -197,11 +199,11 @@ internal static class SelectCommand
         if (settings.IsWorker)
             console.MarkupLineInterpolated($"Worker {Environment.MachineName}/{Environment.ProcessId}{SchedulerTask()} of study '{settings.Study}'; data: {description}.");
         else
-            console.MarkupLineInterpolated($"Data: {description}; budget {settings.Minutes:0.##} min, {settings.Trials} trials, rungs from {settings.MinEpochs} to {settings.MaxEpochs.Max()} epochs (full runs of {string.Join(" or ", settings.MaxEpochs)}), {settings.Workers} worker(s), optimizing {settings.Metric}{(settings.Folds > 1 ? $" by {settings.Folds}-fold cross-validation" : "")}.");
+            console.MarkupLineInterpolated($"Data: {description}; budget {settings.Minutes:0.##} min, {settings.Trials} trials, {(settings.Strategy == SearchStrategy.RandomSearch ? "random search" : $"rungs from {settings.MinEpochs} to {settings.MaxEpochs.Max()} epochs")} (full runs of {string.Join(" or ", settings.MaxEpochs)}), {settings.Workers} worker(s), optimizing {settings.Metric}{(settings.Folds > 1 ? $" by {settings.Folds}-fold cross-validation" : "")}.");
         Directory.CreateDirectory(settings.ReportFolder);
         var experimentSettings = new DecorrelatedImageClassificationExperiment.Settings
         {
-            MaxTrials = settings.Trials, MinEpochs = settings.MinEpochs, TimeBudget = TimeSpan.FromMinutes(settings.Minutes),
+            MaxTrials = settings.Trials, Strategy = settings.Strategy, MinEpochs = settings.MinEpochs, TimeBudget = TimeSpan.FromMinutes(settings.Minutes),
             OptimizingMetric = settings.Metric, Seed = settings.Seed, Storage = settings.StudyStorage, StudyName = settings.Study,
             WorkFolder = settings.StudyWorkFolder, Lease = TimeSpan.FromMinutes(settings.LeaseMinutes),
             SearchSpace = new ImageClassificationSearchSpace { UseDecorrelation = settings.Methods, MaxEpoch = settings.MaxEpochs },

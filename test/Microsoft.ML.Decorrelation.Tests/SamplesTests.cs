@@ -247,11 +247,12 @@ public class SamplesTests : TempFolderTest
     }
 
     [TestMethod]
-    public void SelectWithFoldsRanksTrialsByCrossValidationAndRejectsBadEpochsAndFolds()
+    public void SelectWithFoldsAndRandomSearchRanksTrialsByCrossValidationAndRejectsBadEpochsAndFolds()
     {
         var (console, output) = CapturedConsole();
         var report = Folder("select-folds");
-        Assert.AreEqual(0, SelectCommand.Run(console, new SelectSettings { Minutes = 5, Trials = 2, MaxEpochs = [1], Folds = 2, Limit = 600, DataFolder = FashionMnist.Folder, ReportFolder = report }));
+        Assert.AreEqual(0, SelectCommand.Run(console, new SelectSettings { Minutes = 5, Trials = 2, MaxEpochs = [1], Folds = 2, Strategy = Selection.SearchStrategy.RandomSearch, Limit = 600, DataFolder = FashionMnist.Folder, ReportFolder = report }));
+        StringAssert.Contains(output.ToString(), "random search (full runs of 1)");
         StringAssert.Contains(output.ToString(), "by 2-fold cross-validation");
         using var leaderboard = JsonDocument.Parse(File.ReadAllText(Path.Combine(report, "leaderboard.json")));
         Assert.AreEqual(2, leaderboard.RootElement.GetArrayLength());

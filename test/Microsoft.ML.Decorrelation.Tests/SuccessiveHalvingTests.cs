@@ -106,6 +106,13 @@ public class SuccessiveHalvingTests
     }
 
     [TestMethod]
+    public void OneRungAtTheLongestFullRunIsRandomSearchEveryTrialRunsItsOwnFullRunOnce()
+    {
+        var work = RunSequentially(new AsynchronousSuccessiveHalving(4, 6, 6, trialEpochs: t => t % 2 == 0 ? 3 : 6), (trial, _) => trial);
+        CollectionAssert.AreEqual(new[] { new TrialWork(0, 0, 3), new TrialWork(1, 0, 6), new TrialWork(2, 0, 3), new TrialWork(3, 0, 6) }, work);
+    }
+
+    [TestMethod]
     public void FailedTrialsAreRecordedAndNeverPromoted()
     {
         var search = new AsynchronousSuccessiveHalving(6, 1, 3);
@@ -225,6 +232,60 @@ public class SuccessiveHalvingTests
         using var plain = ml.MulticlassClassification.Trainers.DecorrelatedImageClassification(options).Fit(split.TrainSet);
         CollectionAssert.AreEqual(best.Transform(split.TestSet).GetColumn<float[]>("Score").SelectMany(x => x).ToArray(),
             plain.Transform(split.TestSet).GetColumn<float[]>("Score").SelectMany(x => x).ToArray(), $"bit for bit: {result.BestTrial}");
+    }
+
+    [TestMethod]
+    public void RandomSearchRunsEveryTrialToItsFullRunAndSaysSoInTheLog()
+    {
+        var ml = new MLContext(seed: 1);
+        var log = new List<string>();
+        ml.Log += (_, e) =>
+        {
+            if (e.Kind == Runtime.ChannelMessageKind.Info && e.Source.Contains(nameof(DecorrelatedImageClassificationExperiment)))
+                lock (log) log.Add(e.RawMessage);
+        };
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 500));
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+        var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+        {
+            Strategy = SearchStrategy.RandomSearch, MaxTrials = 3, MinEpochs = 5, Seed = 2,   // MinEpochs plays no part in random search
+            SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [1, 2] },
+        });
+        var result = experiment.Execute(data, validationFraction: 0.2);
+        using var best = result.BestModel;
+        Assert.HasCount(3, result.Trials);
+        foreach (var trial in result.Trials)
+            Assert.IsTrue(trial.State == TrialState.Completed && trial.Rung == 0 && trial.EpochsRun == trial.Options.MaxEpoch && trial.Curve.Count == trial.EpochsRun, trial.ToString());
+        Assert.AreEqual(result.Trials.Max(t => t.Metric), result.BestTrial.Metric);
+        StringAssert.Contains(log[0], ": searching 3 trials of 1 or 2 epochs (random search) by MicroAccuracy");
+    }
+
+    [TestMethod]
+    public void ATrialThatThrowsIsRecordedAsFailedWithItsErrorAndTheExperimentGoesOn()
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = ml.Data.LoadFromEnumerable(MLNetData.PixelRows(train: true, count: 200));
+        var data = ml.Transforms.Conversion.MapValueToKey("Label").Fit(rows).Transform(rows);
+        string empty = Path.GetTempFileName();   // an empty state dict: the trainer's reader refuses it with an InvalidDataException
+        try
+        {
+            var failures = new List<TrialRecord>();
+            var experiment = new DecorrelatedImageClassificationExperiment(ml, new DecorrelatedImageClassificationExperiment.Settings
+            {
+                MaxTrials = 2, Seed = 1, BaseOptions = new DecorrelatedImageClassificationTrainer.Options { PretrainedWeightsPath = empty },
+                SearchSpace = new ImageClassificationSearchSpace { BatchSize = [100], MaxEpoch = [1], Architectures = [CnnArchitecture.ResNet18] },
+                Progress = t => { if (t.State == TrialState.Failed) failures.Add(t); },
+            });
+            var error = Assert.ThrowsExactly<InvalidOperationException>(() => experiment.Execute(data, validationFraction: 0.5));
+            StringAssert.Contains(error.Message, "No trial finished its full run within the budget (2 started)");
+            Assert.HasCount(2, failures, "both trials ran and failed; the first failure did not end the search");
+            foreach (var trial in failures)
+                StringAssert.Contains(trial.Error, empty, trial.ToString());
+        }
+        finally
+        {
+            File.Delete(empty);
+        }
     }
 
     [TestMethod]
@@ -356,7 +417,7 @@ public class SuccessiveHalvingTests
             new DecorrelatedImageClassificationExperiment.Settings { MinEpochs = 2, SearchSpace = new ImageClassificationSearchSpace { MaxEpoch = [1, 6] } }));
         StringAssert.Contains(error.Message, "Settings.MinEpochs (2) exceeds the search space's shortest MaxEpoch (1)");
         var outside = new AsynchronousSuccessiveHalving(2, 1, 3, trialEpochs: trial => 4);
-        StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => outside.Next()).Message, "Trial 0's full run of 4 epochs lies outside the rungs [1, 3]");
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => outside.Next()).Message, "Trial 0's full run of 4 epochs lies outside [1, 3], the top rung");
     }
 
     [TestMethod]

@@ -34,11 +34,11 @@ public sealed class AsynchronousSuccessiveHalving
     /// <summary>Creates the scheduler.</summary>
     /// <param name="maxTrials">Trials to start at most.</param>
     /// <param name="minEpochs">The lowest rung's budget, at least 1.</param>
-    /// <param name="maxEpochs">The top rung's budget: every trial's full run.</param>
+    /// <param name="maxEpochs">The top rung's budget: the longest full run of a trial.</param>
     /// <param name="reductionFactor">η: the top 1/η of a rung is promoted, and rungs grow η-fold; at least 2.</param>
     /// <param name="trialEpochs">
-    /// Each trial's full run in epochs, in [<paramref name="minEpochs"/>, <paramref name="maxEpochs"/>]; null when every trial's is
-    /// <paramref name="maxEpochs"/>.
+    /// Each trial's full run in epochs, in [1, <paramref name="maxEpochs"/>] (one shorter than the lowest rung finishes on it); null
+    /// when every trial's is <paramref name="maxEpochs"/>.
     /// </param>
     /// <exception cref="ArgumentOutOfRangeException">A setting is out of range; the message names it.</exception>
     public AsynchronousSuccessiveHalving(int maxTrials, int minEpochs, int maxEpochs, int reductionFactor = 3, Func<int, int>? trialEpochs = null)
@@ -104,8 +104,8 @@ public sealed class AsynchronousSuccessiveHalving
     private int EpochsAt(int trial, int rung)
     {
         int full = _trialEpochs(trial);
-        if (full < Rungs[0] || full > Rungs[^1])
-            throw new ArgumentOutOfRangeException(nameof(trial), full, $"Trial {trial}'s full run of {full} epochs lies outside the rungs [{Rungs[0]}, {Rungs[^1]}].");
+        if (full < 1 || full > Rungs[^1])
+            throw new ArgumentOutOfRangeException(nameof(trial), full, $"Trial {trial}'s full run of {full} epochs lies outside [1, {Rungs[^1]}], the top rung.");
         return Math.Min(Rungs[rung], full);
     }
 

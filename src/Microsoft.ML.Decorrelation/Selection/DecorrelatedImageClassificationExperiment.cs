@@ -36,13 +36,16 @@ public sealed class DecorrelatedImageClassificationExperiment
         /// <summary>Trials to start at most. Default 9.</summary>
         public int MaxTrials { get; set; } = 9;
 
+        /// <summary>How the budget is spent on trials: successive halving (the default) or random search.</summary>
+        public SearchStrategy Strategy { get; set; } = SearchStrategy.SuccessiveHalving;
+
         /// <summary>
         /// Epochs of the lowest rung; rungs grow η-fold up to the longest full run of <see cref="ImageClassificationSearchSpace.MaxEpoch"/>.
-        /// Default 1.
+        /// Default 1. Not used by random search.
         /// </summary>
         public int MinEpochs { get; set; } = 1;
 
-        /// <summary>η: the top 1/η of a rung is promoted. Default 3.</summary>
+        /// <summary>η: the top 1/η of a rung is promoted. Default 3. Not used by random search.</summary>
         public int ReductionFactor { get; set; } = 3;
 
         /// <summary>The validation metric trials are ranked by. Default micro-accuracy.</summary>
@@ -100,8 +103,10 @@ public sealed class DecorrelatedImageClassificationExperiment
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(settings);
         settings.SearchSpace.Validate();
-        AsynchronousSuccessiveHalving.Validate(settings.MaxTrials, settings.MinEpochs, settings.SearchSpace.MaxEpoch.Max(), settings.ReductionFactor);
-        if (settings.SearchSpace.MaxEpoch.Min() < settings.MinEpochs)
+        if (!Enum.IsDefined(settings.Strategy))
+            throw new ArgumentOutOfRangeException(nameof(settings), settings.Strategy, "Settings.Strategy is not a strategy this experiment knows.");
+        AsynchronousSuccessiveHalving.Validate(settings.MaxTrials, LowestRung(settings), settings.SearchSpace.MaxEpoch.Max(), settings.ReductionFactor);
+        if (settings.Strategy == SearchStrategy.SuccessiveHalving && settings.SearchSpace.MaxEpoch.Min() < settings.MinEpochs)
             throw new ArgumentOutOfRangeException(nameof(settings), settings.MinEpochs,
                 $"Settings.MinEpochs ({settings.MinEpochs}) exceeds the search space's shortest MaxEpoch ({settings.SearchSpace.MaxEpoch.Min()}): the lowest rung cannot be longer than a full run.");
         if (settings.TimeBudget is { } budget && budget <= TimeSpan.Zero)
@@ -192,7 +197,9 @@ public sealed class DecorrelatedImageClassificationExperiment
         {
             using var journal = StudyJournal.Open(storage ?? StudyStorage.Parse(Path.Combine(folder, "study.sqlite")), Describe(train, validation, folds.Count));
             string worker = WorkerName();
-            channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of {settings.MinEpochs}..{settings.SearchSpace.MaxEpoch.Max()} epochs (η {settings.ReductionFactor}) by {settings.OptimizingMetric}" +
+            channel.Info($"Worker {worker}: searching {settings.MaxTrials} trials of " +
+                         (settings.Strategy == SearchStrategy.RandomSearch ? $"{string.Join(" or ", settings.SearchSpace.MaxEpoch)} epochs (random search)"
+                             : $"{settings.MinEpochs}..{settings.SearchSpace.MaxEpoch.Max()} epochs (η {settings.ReductionFactor})") + $" by {settings.OptimizingMetric}" +
                          (settings.TimeBudget is { } limit ? $" within {limit}" : "") + (storage is null ? "." : $", journal {journal.Location}."));
             var seen = new Dictionary<int, string>();
             int rungsRun = 0;
@@ -337,9 +344,13 @@ public sealed class DecorrelatedImageClassificationExperiment
         }
     }
 
+    /// <summary>Random search is successive halving with one rung, the longest full run: every trial finishes on it.</summary>
     private AsynchronousSuccessiveHalving NewSearch()
-        => new(_settings.MaxTrials, _settings.MinEpochs, _settings.SearchSpace.MaxEpoch.Max(), _settings.ReductionFactor,
+        => new(_settings.MaxTrials, LowestRung(_settings), _settings.SearchSpace.MaxEpoch.Max(), _settings.ReductionFactor,
                trial => _settings.SearchSpace.Sample(_settings.Seed, trial).MaxEpoch);
+
+    private static int LowestRung(Settings settings)
+        => settings.Strategy == SearchStrategy.RandomSearch ? settings.SearchSpace.MaxEpoch.Max() : settings.MinEpochs;
 
     private TrialRecord NewTrial(int number)
     {
@@ -358,7 +369,7 @@ public sealed class DecorrelatedImageClassificationExperiment
         static string Data(IDataView data) => $"{data.GetRowCount()?.ToString() ?? "?"} rows; {string.Join(", ", data.Schema.Where(c => !c.IsHidden).Select(c => c.Name + ":" + c.Type))}";
         return new Dictionary<string, string>
         {
-            ["search"] = $"trials {s.MaxTrials}, lowest rung {s.MinEpochs} epochs, η {s.ReductionFactor}, seed {s.Seed}; {s.SearchSpace.Describe()}",
+            ["search"] = $"{s.Strategy}, trials {s.MaxTrials}, lowest rung {LowestRung(s)} epochs, η {s.ReductionFactor}, seed {s.Seed}; {s.SearchSpace.Describe()}",
             ["metric"] = s.OptimizingMetric.ToString(),
             ["training data"] = Data(train),
             ["validation data"] = Data(validation) + (folds > 1 ? $"; {folds}-fold cross-validation" : ""),
@@ -476,11 +487,12 @@ public sealed class DecorrelatedImageClassificationExperiment
             trial.State = TrialState.Running;
             return null;
         }
-        catch (Exception e) when (e is Torch.TrainingDivergedException or InvalidOperationException or ArgumentException or IOException)
+        catch (Exception e) when (e is not OperationCanceledException and not OutOfMemoryException)
         {
+            // Whatever ends a trial (divergence, bad data, an error libtorch reports) is its failure, not the experiment's.
             best?.Dispose();
             trial.State = TrialState.Failed;
-            trial.Error = e.Message;
+            trial.Error = e is System.Runtime.InteropServices.ExternalException ? "libtorch: " + e.Message.Split('\n')[0] : e.Message;
             return null;
         }
         finally
@@ -517,6 +529,19 @@ public sealed class DecorrelatedImageClassificationExperiment
         journal.Save(trial);   // a worker that takes the trial over finds its curve up to the last checkpoint
         _settings.Progress?.Invoke(trial);
     }
+}
+
+/// <summary>How an experiment spends its budget on trials.</summary>
+public enum SearchStrategy
+{
+    /// <summary>
+    /// Asynchronous successive halving (<see cref="AsynchronousSuccessiveHalving"/>): every trial starts on the lowest rung and
+    /// only the best go on to longer runs.
+    /// </summary>
+    SuccessiveHalving,
+
+    /// <summary>Random search: every trial runs its full run (one rung); for comparison, or when early rankings mislead.</summary>
+    RandomSearch,
 }
 
 /// <summary>The validation metric an experiment ranks trials by (the names of ML.NET's <c>MulticlassClassificationMetrics</c>).</summary>
