@@ -17,7 +17,7 @@ namespace Microsoft.ML.Decorrelation.Torch.Training;
 public sealed class TrainingSession : IDisposable
 {
     private readonly TrainingOptions _options;
-    private readonly optim.Optimizer _optimizer;
+    private readonly ParameterOptimizer _optimizer;
     private readonly long _totalSteps;
     private readonly double[] _decorrelationRates;
     private readonly bool _decorrelationFollowsSchedule;
@@ -26,7 +26,6 @@ public sealed class TrainingSession : IDisposable
     private readonly int? _callersThreads;
     private double _learningRateScale = 1;
     private double _decorrelationScheduleFactor = 1;
-    private readonly double[] _groupRateScales;
     private readonly long _headOnlySteps;
     private readonly IReadOnlyList<TorchSharp.Modules.Parameter> _backboneParameters;
     private readonly IReadOnlyList<nn.Module> _backboneBatchNorms;
@@ -70,33 +69,12 @@ public sealed class TrainingSession : IDisposable
         }
         (_backboneParameters, _backboneBatchNorms, _backboneLayers) = Backbone(network, options, Decorrelation.Layers);
         _headOnlySteps = (long)Math.Min(options.HeadOnlyEpochs, options.Epochs) * stepsPerEpoch;
-        if (options.BackboneLearningRateScale == 1)
-        {
-            _groupRateScales = [1];
-            _optimizer = options.Optimizer switch
-            {
-                OptimizerKind.Sgd => optim.SGD(network.parameters(), options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
-                _ => optim.Adam(network.parameters(), options.LearningRate, weight_decay: options.WeightDecay),
-            };
-        }
-        else
-        {
-            // Two groups, backbone then head, each with its own learning rate.
-            _groupRateScales = [options.BackboneLearningRateScale, 1];
-            var backbone = _backboneParameters.ToHashSet();
-            var head = network.parameters().Where(p => !backbone.Contains(p)).ToList();
-            _optimizer = options.Optimizer switch
-            {
-                OptimizerKind.Sgd => optim.SGD(
-                    [new TorchSharp.Modules.SGD.ParamGroup(_backboneParameters, options.LearningRate, options.Momentum, weight_decay: options.WeightDecay),
-                     new TorchSharp.Modules.SGD.ParamGroup(head, options.LearningRate, options.Momentum, weight_decay: options.WeightDecay)],
-                    options.LearningRate, momentum: options.Momentum, weight_decay: options.WeightDecay),
-                _ => optim.Adam(
-                    [new TorchSharp.Modules.Adam.ParamGroup(_backboneParameters, options.LearningRate, weight_decay: options.WeightDecay),
-                     new TorchSharp.Modules.Adam.ParamGroup(head, options.LearningRate, weight_decay: options.WeightDecay)],
-                    options.LearningRate, weight_decay: options.WeightDecay),
-            };
-        }
+        // One group, or two (backbone, then head) when the backbone learns at its own rate.
+        var backbone = _backboneParameters.ToHashSet();
+        IReadOnlyList<TorchSharp.Modules.Parameter> all = network.parameters().ToList();
+        _optimizer = new ParameterOptimizer(options.Optimizer, options.BackboneLearningRateScale == 1 ? [(all, 1.0)]
+            : [(_backboneParameters, options.BackboneLearningRateScale), (all.Where(p => !backbone.Contains(p)).ToList(), 1.0)],
+            options.WeightDecay, options.Momentum);
         LearningRate = options.LearningRate;
         _decorrelationRates = Decorrelation.Layers.Select(layer => layer.LearningRate).ToArray();
         _decorrelationFollowsSchedule = decorrelation?.FollowLearningRateSchedule ?? true;
@@ -180,7 +158,7 @@ public sealed class TrainingSession : IDisposable
         using (var sampling = _sampling.get_state())
             sampling.Save(writer);
         Network.save(writer);
-        ((TorchSharp.Modules.OptimizerHelper)_optimizer).save_state_dict(writer);
+        _optimizer.Save(writer);
     }
 
     /// <summary>Restores what <see cref="SaveState"/> wrote, into a session of the same network and options.</summary>
@@ -197,9 +175,9 @@ public sealed class TrainingSession : IDisposable
                 _sampling.set_state(sampling);
             }
             Network.load(reader, strict: true);
-            ((TorchSharp.Modules.OptimizerHelper)_optimizer).load_state_dict(reader);
+            _optimizer.Load(reader);
         }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or EndOfStreamException or System.Runtime.InteropServices.ExternalException)
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or EndOfStreamException or InvalidDataException or System.Runtime.InteropServices.ExternalException)
         {
             throw new InvalidDataException($"The saved training state does not fit this network: {e.Message}", e);
         }
@@ -265,9 +243,6 @@ public sealed class TrainingSession : IDisposable
         int epoch = (int)(StepCount / StepsPerEpoch) + 1;
         double scheduled = _options.LearningRateAt(StepCount, _totalSteps, StepsPerEpoch);
         LearningRate = scheduled * _learningRateScale;
-        int groupIndex = 0;
-        foreach (var group in _optimizer.ParamGroups)
-            group.LearningRate = LearningRate * _groupRateScales[groupIndex++];
         _decorrelationScheduleFactor = _decorrelationFollowsSchedule ? scheduled / _options.LearningRate : 1;
         ApplyDecorrelationRates();
 
@@ -283,7 +258,7 @@ public sealed class TrainingSession : IDisposable
                 layer.CollectStatistics = false;
         }
         long start = Stopwatch.GetTimestamp();
-        _optimizer.zero_grad();
+        _optimizer.ZeroGrad();
         var logits = Network.forward(images);
         var loss = nn.functional.cross_entropy(logits, labels);
         // One device-to-host copy: the loss and how many of the batch the network got right before the step.
@@ -307,7 +282,7 @@ public sealed class TrainingSession : IDisposable
         if (_gradientTraffic is not null)
             AverageGradients(_gradientTraffic, localCount, LastStepSamples);
         long backwardDone = Stopwatch.GetTimestamp();
-        _optimizer.step();
+        _optimizer.Step(LearningRate);
         long optimizerDone = Stopwatch.GetTimestamp();
         try
         {
