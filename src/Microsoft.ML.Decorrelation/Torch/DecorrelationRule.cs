@@ -22,9 +22,10 @@ public static class DecorrelationRule
     public static Tensor StableStepSizes(double learningRate, Tensor secondMomentNorms)
     {
         using var scope = NewDisposeScope();
+        using var numbers = new KeptScalars();
         var norms = secondMomentNorms.to(ScalarType.Float64);
         var cap = norms.reciprocal().nan_to_num(learningRate, learningRate, learningRate);
-        return cap.clamp_max(learningRate).MoveToOuterDisposeScope();
+        return cap.clamp_max(numbers[learningRate]).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -47,7 +48,8 @@ public static class DecorrelationRule
     private static (Tensor Update, Tensor Loss, Tensor SecondMomentNorm) Finish(Tensor variances, Tensor xTimesR, Tensor frobeniusSquared, Tensor matrix,
         double kappa, long blocks, long d)
     {
-        var update = xTimesR.mul_(1 - kappa).add_(RowScale(variances, kappa).unsqueeze(-1) * matrix);
+        using var numbers = new KeptScalars();
+        var update = xTimesR.mul_(numbers[1 - kappa]).add_(RowScale(variances, kappa).unsqueeze(-1) * matrix);
         var loss = Loss(variances, frobeniusSquared, kappa, blocks, d);
         var norms = frobeniusSquared.sqrt().reshape(blocks);
         return (update.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), norms.MoveToOuterDisposeScope());
@@ -76,18 +78,20 @@ public static class DecorrelationRule
         double n = decorrelated.shape[^2];
         long blocks = decorrelated.dim() == 3 ? decorrelated.shape[0] : 1;
         using var scope = NewDisposeScope();
+        using var numbers = new KeptScalars();
+        var sampleCount = numbers[n];
         var z = decorrelated;
         var zt = z.transpose(-2, -1);
-        var variances = z.square().sum(dim: -2).div_(n);            // diag X
+        var variances = z.square().sum(dim: -2).div_(sampleCount);            // diag X
         Tensor xTimesR, frobeniusSquared;
         if (n < d)
         {
-            xTimesR = zt.matmul(z.matmul(matrix)).div_(n);
-            frobeniusSquared = z.matmul(zt).div_(n).square().sum([-2, -1]);
+            xTimesR = zt.matmul(z.matmul(matrix)).div_(sampleCount);
+            frobeniusSquared = z.matmul(zt).div_(sampleCount).square().sum([-2, -1]);
         }
         else
         {
-            var second = zt.matmul(z).div_(n);
+            var second = zt.matmul(z).div_(sampleCount);
             xTimesR = second.matmul(matrix);
             frobeniusSquared = second.square().sum([-2, -1]);
         }
@@ -115,15 +119,17 @@ public static class DecorrelationRule
         double n = decorrelated.shape[^2];
         long blocks = decorrelated.dim() == 3 ? decorrelated.shape[0] : 1;
         using var scope = NewDisposeScope();
+        using var numbers = new KeptScalars();
+        var sampleCount = numbers[n];
         var z = decorrelated;
-        var variances = z.square().sum(dim: -2).div_(n);
+        var variances = z.square().sum(dim: -2).div_(sampleCount);
         if (n >= d)
-            return StepFromSecondMoment(z.transpose(-2, -1).matmul(z).div_(n), variances, matrix, kappa, learningRate, blocks, d);
+            return StepFromSecondMoment(z.transpose(-2, -1).matmul(z).div_(sampleCount), variances, matrix, kappa, learningRate, blocks, d);
         // X·R = Zᵀ(Z·R)/N: the product term is Zᵀ·(c·Z·R) with c = −η(1−κ)/N per block, scaled on the small N×d factor.
-        var frobeniusSquared = z.matmul(z.transpose(-2, -1)).div_(n).square().sum([-2, -1]);
+        var frobeniusSquared = z.matmul(z.transpose(-2, -1)).div_(sampleCount).square().sum([-2, -1]);
         var (rowFactors, productScale, loss, stepSizes) = Coefficients(variances, frobeniusSquared, kappa, learningRate, blocks, d);
         var next = RowScaled(matrix, rowFactors);
-        var scaledProduct = z.matmul(matrix).mul_(PerBlock(productScale.div_(n), blocks));
+        var scaledProduct = z.matmul(matrix).mul_(PerBlock(productScale.div_(sampleCount), blocks));
         next = blocks == 1 ? next.addmm_(z.t(), scaledProduct) : z.transpose(1, 2).baddbmm(scaledProduct, next);   // TorchSharp: batch1.baddbmm(batch2, input)
         return (next.MoveToOuterDisposeScope(), loss.MoveToOuterDisposeScope(), stepSizes.MoveToOuterDisposeScope());
     }
@@ -163,19 +169,26 @@ public static class DecorrelationRule
         var loss = Loss(variances, frobeniusSquared, kappa, blocks, d);
         var stepSizes = StableStepSizes(learningRate, frobeniusSquared.sqrt().reshape(blocks));
         var eta = stepSizes.to(variances.dtype).view(blocks == 1 ? [1] : [blocks, 1]);
-        var rowFactors = RowScale(variances, kappa).mul_(eta).neg_().add_(1);
-        var productScale = eta.reshape(blocks).mul(-(1 - kappa));
+        using var numbers = new KeptScalars();
+        var rowFactors = RowScale(variances, kappa).mul_(eta).neg_().add_(numbers[1]);
+        var productScale = eta.reshape(blocks).mul(numbers[-(1 - kappa)]);
         return (rowFactors, productScale, loss, stepSizes);
     }
 
     /// <summary>s = κ·(diag X − 1) − (1−κ)·diag X, the coefficients of diag(s)·R in U (a new tensor shaped like the variances).</summary>
-    private static Tensor RowScale(Tensor variances, double kappa) => (variances - 1).mul_(kappa).sub_(variances * (1 - kappa));
+    private static Tensor RowScale(Tensor variances, double kappa)
+    {
+        using var numbers = new KeptScalars();
+        return variances.sub(numbers[1]).mul_(numbers[kappa]).sub_(variances.mul(numbers[1 - kappa]));
+    }
 
     /// <summary>The monitoring loss ((1−κ)·ΣC² + κ·Σv²) / (G·d²) from diag X and ‖X‖²_F, summed over the blocks.</summary>
     private static Tensor Loss(Tensor variances, Tensor frobeniusSquared, double kappa, long blocks, long d)
     {
+        using var numbers = new KeptScalars();
         var offDiagonalSquared = frobeniusSquared.sum() - variances.square().sum();
-        return (offDiagonalSquared.clamp_min(0) * (1 - kappa) + (variances - 1).square().sum() * kappa) / ((double)blocks * d * d);
+        return offDiagonalSquared.clamp_min(numbers[0]).mul(numbers[1 - kappa])
+            .add_(variances.sub(numbers[1]).square().sum().mul_(numbers[kappa])).div_(numbers[(double)blocks * d * d]);
     }
 
     /// <summary>diag(factors)·R, block by block.</summary>

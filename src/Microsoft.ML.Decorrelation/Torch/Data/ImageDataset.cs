@@ -111,8 +111,9 @@ public sealed class ImageDataset : IImageSource, IDisposable
         int n = Math.Min(images.Dimensions[0], limit ?? int.MaxValue);
         int height = images.Dimensions[1], width = images.Dimensions[2];
         using var scope = NewDisposeScope();
+        using var numbers = new KeptScalars();
         var pixels = tensor(images.Data.AsSpan(0, n * height * width).ToArray(), [n, 1, height, width])
-            .to(ScalarType.Float32).div_(255f);
+            .to(ScalarType.Float32).div_(numbers[255]);
         var classes = tensor(labels.Data.AsSpan(0, n).ToArray(), [n]).to(ScalarType.Int64);
         long max = n == 0 ? 0 : classes.max().item<long>();
         if (max >= classCount)

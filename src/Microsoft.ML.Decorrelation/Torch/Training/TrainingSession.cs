@@ -212,7 +212,8 @@ public sealed class TrainingSession : IDisposable
         var gradients = Network.parameters().Where(p => p.requires_grad && p.grad is not null).Select(p => p.grad!).ToList();
         if (gradients.Count == 0)
             return;
-        var flat = cat(gradients.Select(g => g.flatten()).ToList()).mul_((double)localCount / totalCount);
+        using var numbers = new KeptScalars();
+        var flat = cat(gradients.Select(g => g.flatten()).ToList()).mul_(numbers[(double)localCount / totalCount]);
         world.AllReduceSum(flat);
         long offset = 0;
         foreach (var gradient in gradients)
@@ -263,7 +264,8 @@ public sealed class TrainingSession : IDisposable
         var loss = nn.functional.cross_entropy(logits, labels);
         // One device-to-host copy: the loss and how many of the batch the network got right before the step.
         long localCount = labels.shape[0];
-        var summaryTensor = stack([loss.detach().to(ScalarType.Float64) * localCount, logits.detach().argmax(1).eq(labels).sum().to(ScalarType.Float64),
+        using var numbers = new KeptScalars();
+        var summaryTensor = stack([loss.detach().to(ScalarType.Float64).mul(numbers[localCount]), logits.detach().argmax(1).eq(labels).sum().to(ScalarType.Float64),
             tensor((double)localCount, device: loss.device)]).cpu();
         // Data-parallel: the batch's loss, correct count and size over every rank, so all ranks decide alike.
         _options.Communicator?.AllReduceSum(summaryTensor);
