@@ -9,7 +9,7 @@ namespace Microsoft.ML.Decorrelation.Torch.Training;
 /// decay added to the gradient) in its order of operations, so it matches TorchSharp's <c>optim.Adam</c> and
 /// <c>optim.SGD</c> bit for bit. Ours because those pass their numbers to libtorch as implicitly converted scalars that nothing
 /// keeps alive during the native call, which the finalizer can free while libtorch reads them (docs/platform.md); here every
-/// scalar lives in a <c>using</c> around the calls that read it.
+/// scalar is a <see cref="KeptScalars"/> of the step.
 /// </summary>
 internal sealed class ParameterOptimizer : IDisposable
 {
@@ -62,7 +62,8 @@ internal sealed class ParameterOptimizer : IDisposable
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        using var weightDecay = _weightDecay.ToScalar();
+        using var numbers = new KeptScalars();
+        var weightDecay = numbers[_weightDecay];
         foreach (var (parameters, rateScale) in _groups)
         {
             double rate = learningRate * rateScale;
@@ -74,49 +75,35 @@ internal sealed class ParameterOptimizer : IDisposable
                 if (_weightDecay != 0)
                     grad = grad.add(parameter, weightDecay);
                 if (_kind == OptimizerKind.Sgd)
-                    SgdStep(parameter, grad, _states[parameter], rate);
+                    SgdStep(parameter, grad, _states[parameter], rate, numbers);
                 else
-                    AdamStep(parameter, grad, _states[parameter], rate);
+                    AdamStep(parameter, grad, _states[parameter], rate, numbers);
             }
         }
     }
 
-    private static void AdamStep(Parameter parameter, Tensor grad, State state, double rate)
+    private static void AdamStep(Parameter parameter, Tensor grad, State state, double rate, KeptScalars numbers)
     {
         state.Step++;
         double biasCorrection1 = 1 - Math.Pow(Beta1, state.Step);
         double biasCorrection2 = 1 - Math.Pow(Beta2, state.Step);
-        using var beta1 = Beta1.ToScalar();
-        using var oneMinusBeta1 = (1 - Beta1).ToScalar();
-        using var beta2 = Beta2.ToScalar();
-        using var oneMinusBeta2 = (1 - Beta2).ToScalar();
-        using var epsilon = Epsilon.ToScalar();
-        using var rootOfCorrection2 = Math.Sqrt(biasCorrection2).ToScalar();
-        using var stepSize = (-(rate / biasCorrection1)).ToScalar();
-        state.First!.mul_(beta1).add_(grad, oneMinusBeta1);
-        state.Second!.mul_(beta2).addcmul_(grad, grad, oneMinusBeta2);
-        var denominator = state.Second.sqrt().div_(rootOfCorrection2).add_(epsilon);
-        parameter.addcdiv_(state.First, denominator, stepSize);
+        state.First!.mul_(numbers[Beta1]).add_(grad, numbers[1 - Beta1]);
+        state.Second!.mul_(numbers[Beta2]).addcmul_(grad, grad, numbers[1 - Beta2]);
+        var denominator = state.Second.sqrt().div_(numbers[Math.Sqrt(biasCorrection2)]).add_(numbers[Epsilon]);
+        parameter.addcdiv_(state.First, denominator, numbers[-(rate / biasCorrection1)]);
     }
 
-    private void SgdStep(Parameter parameter, Tensor grad, State state, double rate)
+    private void SgdStep(Parameter parameter, Tensor grad, State state, double rate, KeptScalars numbers)
     {
         if (_momentum != 0)
         {
             if (state.First is null)
-            {
                 state.First = grad.clone().detach().DetachFromDisposeScope();
-            }
             else
-            {
-                using var momentum = _momentum.ToScalar();
-                using var one = 1.0.ToScalar();
-                state.First.mul_(momentum).add_(grad, one);
-            }
+                state.First.mul_(numbers[_momentum]).add_(grad, numbers[1]);
             grad = state.First;
         }
-        using var step = (-rate).ToScalar();
-        parameter.add_(grad, step);
+        parameter.add_(grad, numbers[-rate]);
     }
 
     /// <summary>Writes every parameter's state, in group order.</summary>
