@@ -5,19 +5,22 @@ namespace Microsoft.ML.Decorrelation.Torch;
 /// <summary>
 /// Numbers for libtorch as <see cref="Scalar"/>s that stay alive until this is disposed. TorchSharp turns a bare double
 /// into a Scalar that nothing keeps alive during the native call, so the finalizer can free it while libtorch still reads
-/// it (docs/platform.md); hold one of these in a <c>using</c> and pass <c>numbers[x]</c> instead of <c>x</c>.
+/// it (docs/platform.md); hold one of these in a <c>using</c> and pass <c>numbers[x]</c> instead of <c>x</c>. A value asked
+/// for again gets the same Scalar, so constants used per parameter cost one native object per step.
 /// </summary>
 internal sealed class KeptScalars : IDisposable
 {
-    private readonly List<Scalar> _scalars = [];
+    // Keyed by the bits, not the value: 0.0 and -0.0 are equal doubles but different Scalars.
+    private readonly Dictionary<long, Scalar> _scalars = [];
 
     /// <summary>A Scalar of <paramref name="value"/>, alive until <see cref="Dispose"/>.</summary>
     public Scalar this[double value]
     {
         get
         {
-            var scalar = value.ToScalar();
-            _scalars.Add(scalar);
+            long bits = BitConverter.DoubleToInt64Bits(value);
+            if (!_scalars.TryGetValue(bits, out var scalar))
+                _scalars.Add(bits, scalar = value.ToScalar());
             return scalar;
         }
     }
@@ -25,7 +28,7 @@ internal sealed class KeptScalars : IDisposable
     /// <summary>Frees every Scalar handed out.</summary>
     public void Dispose()
     {
-        foreach (var scalar in _scalars)
+        foreach (var scalar in _scalars.Values)
             scalar.Dispose();
         _scalars.Clear();
     }
