@@ -40,17 +40,20 @@ internal sealed class ParameterOptimizer : IDisposable
         _weightDecay = weightDecay;
         _momentum = momentum;
         _groups = groups.ToArray();
-        foreach (var parameter in _groups.SelectMany(g => g.Parameters))
+        foreach (var parameter in Parameters)
         {
             _states[parameter] = kind == OptimizerKind.Sgd ? new State()
                 : new State { First = zeros_like(parameter).DetachFromDisposeScope(), Second = zeros_like(parameter).DetachFromDisposeScope() };
         }
     }
 
+    /// <summary>Every parameter, in group order: the order of the saved state.</summary>
+    private IEnumerable<Parameter> Parameters => _groups.SelectMany(g => g.Parameters);
+
     /// <summary>Sets every gradient to zero (as TorchSharp's optimizers do: gradients are kept, not released).</summary>
     public void ZeroGrad()
     {
-        foreach (var parameter in _groups.SelectMany(g => g.Parameters))
+        foreach (var parameter in Parameters)
         {
             using var grad = parameter.grad;
             grad?.zero_();
@@ -109,7 +112,7 @@ internal sealed class ParameterOptimizer : IDisposable
     /// <summary>Writes every parameter's state, in group order.</summary>
     public void Save(BinaryWriter writer)
     {
-        foreach (var parameter in _groups.SelectMany(g => g.Parameters))
+        foreach (var parameter in Parameters)
         {
             var state = _states[parameter];
             writer.Write(state.Step);
@@ -125,7 +128,7 @@ internal sealed class ParameterOptimizer : IDisposable
     /// <exception cref="InvalidDataException">A saved tensor does not fit its parameter.</exception>
     public void Load(BinaryReader reader)
     {
-        foreach (var parameter in _groups.SelectMany(g => g.Parameters))
+        foreach (var parameter in Parameters)
         {
             var state = _states[parameter];
             state.Step = reader.ReadInt64();
@@ -141,17 +144,18 @@ internal sealed class ParameterOptimizer : IDisposable
             current?.Dispose();
             return null;
         }
+        // Shaped like the parameter either way, so Load's own check of shape and type is the whole check.
         var tensor = current ?? zeros_like(parameter).DetachFromDisposeScope();
         try
         {
-            tensor.Load(reader);   // refuses a tensor of another shape or type
+            tensor.Load(reader);
         }
         catch (ArgumentException e)
         {
+            if (current is null)
+                tensor.Dispose();
             throw new InvalidDataException($"A saved optimizer state does not fit a parameter of shape [{string.Join(", ", parameter.shape)}]: {e.Message}", e);
         }
-        if (!tensor.shape.SequenceEqual(parameter.shape))
-            throw new InvalidDataException($"A saved optimizer state of shape [{string.Join(", ", tensor.shape)}] does not fit a parameter of shape [{string.Join(", ", parameter.shape)}].");
         return tensor;
     }
 
